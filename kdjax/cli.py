@@ -1,0 +1,81 @@
+"""The `kdjax` console script: thin wrappers over the library (demo, prepare, train, report, convert)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _demo(args: argparse.Namespace) -> int:
+    print("kdjax demo: the end-to-end demo is not built yet. What exists so far:")
+    print("  kdjax prepare synthetic_speech/kws   prepare a dataset")
+    print("  kdjax convert SRC DST                load an HF checkpoint into kdjax and save it back (parity check)")
+    print("  python -m kdjax.main --config=configs/<experiment>.py --workdir=DIR")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from kdjax.data import prepare
+
+    return prepare.run(args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir,
+                       skip_bad_examples=args.skip_bad_examples, num_workers=args.num_workers)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import kdjax
+
+    model = kdjax.from_pretrained(args.src)
+    kdjax.save_pretrained(model, args.dst)
+    print(f"wrote {args.dst}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kdjax import main as kdjax_main
+
+    return kdjax_main.run_from_cli(args.config, args.workdir, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `kdjax` command."""
+    parser = argparse.ArgumentParser(prog="kdjax", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the paper end to end on the synthetic corpus")
+    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--full", action="store_true", help="run the whole grid, not the default subset")
+    p.set_defaults(fn=_demo)
+
+    p = sub.add_parser("prepare", help="prepare a dataset (DATASET[/CONFIG]) as ArrayRecord")
+    p.add_argument("dataset", help="e.g. synthetic_speech/kws, speech_commands, voxceleb1, librispeech")
+    p.add_argument("--data_dir", default=None, help="TFDS data dir (default: ~/tensorflow_datasets or $TFDS_DATA_DIR)")
+    p.add_argument("--manual_dir", default=None, help="folder holding manually downloaded archives or extracted data")
+    p.add_argument("--skip_bad_examples", action="store_true", help="skip (and count) bad clips instead of failing")
+    p.add_argument("--num_workers", type=int, default=None, help="generation processes (default: all cores)")
+    p.set_defaults(fn=_prepare)
+
+    p = sub.add_parser("convert", help="load an HF checkpoint with kdjax and write it back in HF format")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.set_defaults(fn=_convert)
+
+    p = sub.add_parser("train", help="run a config (same as python -m kdjax.main)")
+    p.add_argument("--config", required=True, help="configs/x.py[:variant]")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("overrides", nargs="*", help="--config.field=value overrides")
+    p.set_defaults(fn=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `kdjax` console script."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "train":
+        args.overrides = list(args.overrides) + extra
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
