@@ -172,7 +172,7 @@ def load_weights(model: Encoder, tensors: dict[str, np.ndarray], *, source: str 
     """Copy HF tensors into `model` in place; returns the ignored (non-encoder) keys. Raises on any mismatch."""
     prefix = next((p for p in _BASE_PREFIXES if any(k.startswith(p) for k in tensors)), "")
     params = _params(model)
-    problems, ignored, loaded = [], [], set()
+    problems, ignored, seen = [], [], set()
     for key, array in tensors.items():
         if prefix and not key.startswith(prefix):
             ignored.append(key)  # a task head (lm_head, classifier, projector, quantizer, ...)
@@ -189,6 +189,7 @@ def load_weights(model: Encoder, tensors: dict[str, np.ndarray], *, source: str 
             else:
                 problems.append(f"unexpected key {key!r}: the configured model has no {path}")
             continue
+        seen.add(path)
         value = _TRANSFORMS[transform][0](np.asarray(array, dtype=np.float32))
         expected = params[path].get_value().shape
         if value.shape != expected:
@@ -197,8 +198,7 @@ def load_weights(model: Encoder, tensors: dict[str, np.ndarray], *, source: str 
                             f"config expects {tuple(torch_shape)}")
             continue
         params[path].set_value(jnp.asarray(value))
-        loaded.add(path)
-    for path in sorted(set(params) - loaded - _OPTIONAL):
+    for path in sorted(set(params) - seen - _OPTIONAL):
         problems.append(f"missing key {prefix}{kdjax_to_hf_key(path)[0]!r} (for {path})")
     if problems:
         raise CheckpointError(f"{source}: {len(problems)} problem(s) mapping the checkpoint onto the encoder:\n  "
