@@ -205,6 +205,12 @@ def _span_mask(key: jax.Array, lengths: jax.Array, size: int, prob: float, span:
     return jnp.any(covered, axis=1)
 
 
+def time_mask(config: EncoderConfig, key: jax.Array, frame_mask: jax.Array) -> jax.Array:
+    """Random time-mask spans (bool [B, T]) inside the valid frames, per the config's mask_time_* fields."""
+    return _span_mask(key, jnp.sum(frame_mask, axis=-1), frame_mask.shape[1], config.mask_time_prob,
+                      config.mask_time_length, config.mask_time_min_masks)
+
+
 class Encoder(nnx.Module):
     """wav2vec 2.0 / HuBERT encoder: conv features -> projection -> (masking) -> positional conv -> transformer."""
 
@@ -223,11 +229,12 @@ class Encoder(nnx.Module):
 
     def __call__(self, input_values: jax.Array, attention_mask: jax.Array | None = None, *,
                  output_hidden_states: bool = False, deterministic: bool = True, rng: jax.Array | None = None,
-                 num_layers: int | None = None) -> EncoderOutput:
+                 num_layers: int | None = None, mask_time_indices: jax.Array | None = None) -> EncoderOutput:
         """Encode [B, S] float samples; `rng` is required when `deterministic=False` (dropout, masking, layerdrop).
 
         `num_layers` runs only the first layers (a teacher that must supply layer 8 need not compute 9-12); the
-        stable-LN final LayerNorm is then not applied.
+        stable-LN final LayerNorm is then not applied. `mask_time_indices` (bool [B, T]) replaces those frames by
+        `masked_spec_embed` instead of drawing random spans (masked prediction pre-training chooses its own).
         """
         cfg = self.config
         if not deterministic and rng is None:
@@ -245,7 +252,11 @@ class Encoder(nnx.Module):
         else:
             frame_mask = frame_mask_from_attention_mask(cfg, attention_mask, frames)
         h = _dropout(self.feature_projection(features), cfg.feat_proj_dropout, keys[0])
-        if keys[1] is not None and cfg.apply_spec_augment:
+        if mask_time_indices is not None:
+            if self.masked_spec_embed is None:
+                raise ConfigError("mask_time_indices needs masked_spec_embed: set mask_time_prob > 0 in the config")
+            h = jnp.where(mask_time_indices[..., None], self.masked_spec_embed[...].astype(h.dtype), h)
+        elif keys[1] is not None and cfg.apply_spec_augment:
             h = self._mask(h, frame_mask, keys[1])
 
         key_bias = None
@@ -266,9 +277,7 @@ class Encoder(nnx.Module):
         key_time, key_feat = jax.random.split(key)
         batch, frames, hidden = h.shape
         if cfg.mask_time_prob > 0:
-            lengths = jnp.sum(frame_mask, axis=-1)
-            spans = _span_mask(key_time, lengths, frames, cfg.mask_time_prob, cfg.mask_time_length,
-                               cfg.mask_time_min_masks)
+            spans = time_mask(cfg, key_time, frame_mask)
             h = jnp.where(spans[..., None], self.masked_spec_embed[...].astype(h.dtype), h)
         if cfg.mask_feature_prob > 0:
             spans = _span_mask(key_feat, jnp.full((batch,), hidden), hidden, cfg.mask_feature_prob,
