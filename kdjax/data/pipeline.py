@@ -1,0 +1,168 @@
+"""Reading prepared kdjax datasets: random-access sources and grain pipelines yielding host-local numpy batches.
+
+No TensorFlow is imported on this path (tfds.data_source reads ArrayRecord and decodes with numpy).
+
+    src = load_source("synthetic_speech/kws", "train", data_dir=None)       # tfds random-access source
+    it = train_iterator(src, batch_size=8, max_samples=16000, seed=0)      # grain iterator, infinite by default
+    batch = next(it)        # {"input_values": f32[8,16000], "attention_mask": i32[8,16000], "label": i32[8], ...}
+    state = it.get_state()  # checkpoint with the trainer; it.set_state(state) resumes exactly
+    for b in eval_batches(load_source("synthetic_speech/kws", "test"), batch_size=8):
+        ...                 # all examples in order; b["valid"] marks real rows, b["index"] their position
+    label_names("synthetic_speech/kws")        # ['yes', 'no', ..., '_unknown_', '_silence_']
+    load_trials("synthetic_speech/sv")         # [(is_target, utt_id_a, utt_id_b), ...] over split "test"
+    utterance_ids(load_source("synthetic_speech/sv", "test"))   # example index -> utterance id
+
+Batches from `train_iterator`: "input_values" float32 [b, max_samples] (random crop when longer, zero pad when
+shorter, zero-mean unit-variance over valid samples when normalize), "attention_mask" int32 [b, max_samples],
+"speaker" int32 [b] (index into metadata(name)["speakers"]; -1 where a clip has none) and "label" int32 [b] where the
+dataset has labels. Each process reads the examples process_index::process_count of the split; batch_size is
+per process; the last incomplete batch is dropped. Crop offsets come from grain's per-index seeded RNG, so a batch
+depends only on (seed, step). For SV the class of an utterance is "speaker": training speakers are numbered
+0..metadata(name)["num_train_speakers"]-1.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator, Sequence
+
+import grain
+import numpy as np
+
+from kdjax.data import audio
+from kdjax.errors import DatasetError
+
+
+def _builder(name: str, data_dir: str | None):
+    from kdjax.data import prepare
+
+    builder = prepare.make_builder(name, data_dir=data_dir)
+    if not (builder.data_path / "dataset_info.json").exists():
+        raise DatasetError(f"dataset {name} is not prepared in {builder.data_path.parent.parent.parent} "
+                           f"(looked for {builder.data_path}); run: kdjax prepare {name}"
+                           + (f" --data_dir {data_dir}" if data_dir else ""))
+    return builder
+
+
+def load_source(name: str, split: str, data_dir: str | None = None):
+    """A random-access source (tfds.data_source over ArrayRecord) of one split of a prepared dataset."""
+    builder = _builder(name, data_dir)
+    if split not in builder.info.splits:
+        raise DatasetError(f"dataset {name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
+    return builder.as_data_source(split=split)
+
+
+def metadata(name: str, data_dir: str | None = None) -> dict[str, Any]:
+    """The metadata recorded at prepare time: config, speakers, stats, skipped counts, trial lists."""
+    return dict(_builder(name, data_dir).info.metadata)
+
+
+def label_names(name: str, data_dir: str | None = None) -> list[str]:
+    """Class names of the dataset's "label" feature (index = label id)."""
+    builder = _builder(name, data_dir)
+    if "label" not in builder.info.features:
+        raise DatasetError(f"dataset {name} has no labels (features: {sorted(builder.info.features)}); "
+                           f"for speaker tasks use metadata({name!r})['speakers']")
+    return list(builder.info.features["label"].names)
+
+
+def _example(ex: dict, max_samples: int, start: int | None, normalize: bool) -> dict[str, np.ndarray]:
+    x, mask = audio.crop_or_pad(audio.to_float(ex["audio"]), max_samples, start)
+    out = {"input_values": audio.normalize(x, mask) if normalize else x, "attention_mask": mask,
+           "speaker": np.int32(ex["speaker"])}
+    if "label" in ex:
+        out["label"] = np.int32(ex["label"])
+    return out
+
+
+def train_iterator(source: Sequence[dict], *, batch_size: int, max_samples: int, seed: int, shuffle: bool = True,
+                   num_epochs: int | None = None, normalize: bool = True, process_index: int | None = None,
+                   process_count: int | None = None, min_samples: int = 0) -> grain.DatasetIterator:
+    """Seeded, sharded, checkpointable grain iterator of training batches (see the module docstring)."""
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    if len(ds) < batch_size:
+        raise DatasetError(f"process {process_index}/{process_count} has {len(ds)} examples, fewer than "
+                           f"batch_size={batch_size}")
+    if min_samples:
+        ds = ds.filter(lambda ex: ex["audio"].shape[0] >= min_samples)  # Nones are dropped by to_iter_dataset
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)  # reshuffles each epoch
+
+    def crop(ex: dict, rng: np.random.Generator) -> dict:
+        start = int(rng.integers(0, max(ex["audio"].shape[0] - max_samples, 0) + 1))
+        return _example(ex, max_samples, start, normalize)
+
+    ds = ds.random_map(crop, seed=seed)
+    threads = min(8, os.cpu_count() or 1)
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * batch_size))
+    return iter(it_ds.batch(batch_size, drop_remainder=True))
+
+
+def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | None = None,
+                 normalize: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    """All examples in order, padded to the batch's longest clip (or centre-cropped to max_samples).
+
+    The last batch is padded up to batch_size; "valid" (bool) marks real rows and "index" (int32) their position.
+    """
+    n = len(source)
+    for lo in range(0, n, batch_size):
+        exs = [source[i] for i in range(lo, min(lo + batch_size, n))]
+        longest = max(ex["audio"].shape[0] for ex in exs)
+        length = longest if max_samples is None else min(longest, max_samples)
+        rows = [_example(ex, length, None, normalize) for ex in exs]
+        pad = batch_size - len(rows)
+        rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * pad
+        batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+        batch["valid"] = np.arange(batch_size) < len(exs)
+        batch["index"] = np.arange(lo, lo + batch_size, dtype=np.int32)
+        yield batch
+
+
+def utterance_ids(source: Sequence[dict]) -> list[str]:
+    """The "id" of every example of a source, in index order."""
+    return [ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"]) for ex in source]
+
+
+def parse_trials(path: str) -> list[tuple[int, str, str]]:
+    """Read a VoxCeleb-style trial list ("1 utt_a utt_b" a line); errors name the file and line."""
+    trials = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 3 or parts[0] not in ("0", "1"):
+                raise DatasetError(f"{path}:{lineno}: expected 'LABEL UTT_A UTT_B' with LABEL 0 or 1, "
+                                   f"got {line.strip()!r}")
+            trials.append((int(parts[0]), parts[1], parts[2]))
+    if not trials:
+        raise DatasetError(f"{path}: trial list is empty")
+    return trials
+
+
+def check_trials(trials: list[tuple[int, str, str]], ids: set[str], path: str) -> None:
+    """Raise DatasetError naming the first utterance id (and its line) that is not in `ids`."""
+    for lineno, (_, a, b) in enumerate(trials, 1):
+        for utt in (a, b):
+            if utt not in ids:
+                raise DatasetError(f"{path}:{lineno}: utterance id {utt!r} is not in the dataset")
+
+
+def load_trials(name: str, data_dir: str | None = None, trial_list: str | None = None) -> list[tuple[int, str, str]]:
+    """Verification trials (is_target, utt_id_a, utt_id_b) of a prepared SV dataset, ids checked against its split."""
+    builder = _builder(name, data_dir)
+    lists = dict(builder.info.metadata.get("trials", {}))
+    if not lists:
+        raise DatasetError(f"dataset {name} has no trial lists")
+    trial_list = trial_list or next(iter(lists))
+    if trial_list not in lists:
+        raise DatasetError(f"dataset {name} has no trial list {trial_list!r}; lists: {sorted(lists)}")
+    path = os.fspath(builder.data_path / "trials" / f"{trial_list}.txt")
+    trials = parse_trials(path)
+    check_trials(trials, set(utterance_ids(builder.as_data_source(split=lists[trial_list]))), path)
+    return trials
