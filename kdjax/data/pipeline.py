@@ -33,14 +33,24 @@ from kdjax.errors import DatasetError
 
 
 def _builder(name: str, data_dir: str | None):
-    from kdjax.data import prepare
+    """A read-only tfds builder over the prepared files (needs neither manual_dir nor the generation config)."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import constants
 
-    builder = prepare.make_builder(name, data_dir=data_dir)
-    if not (builder.data_path / "dataset_info.json").exists():
-        raise DatasetError(f"dataset {name} is not prepared in {builder.data_path.parent.parent.parent} "
-                           f"(looked for {builder.data_path}); run: kdjax prepare {name}"
-                           + (f" --data_dir {data_dir}" if data_dir else ""))
-    return builder
+    from kdjax.data import builders
+
+    base_name, _, config = name.partition("/")
+    cls = builders.BUILDERS.get(base_name)
+    if cls is None:
+        raise DatasetError(f"unknown dataset {base_name!r}; kdjax builds {sorted(builders.BUILDERS)}")
+    if not config and cls.BUILDER_CONFIGS:
+        config = cls.BUILDER_CONFIGS[0].name
+    root = data_dir or constants.DATA_DIR
+    path = os.path.join(root, base_name, *([config] if config else []), str(cls.VERSION))
+    if not os.path.exists(os.path.join(path, "dataset_info.json")):
+        raise DatasetError(f"dataset {name} is not prepared in {root} (looked for {path}); run: kdjax prepare "
+                           f"{base_name}{'/' + config if config else ''}" + (f" --data_dir {data_dir}" if data_dir else ""))
+    return tfds.builder_from_directory(path)
 
 
 def load_source(name: str, split: str, data_dir: str | None = None):

@@ -11,12 +11,10 @@ from kdjax.errors import KdjaxError
 log = logging.getLogger("kdjax.data")
 
 
-def make_builder(dataset: str, *, data_dir: str | None = None, skip_bad_examples: bool = False,
-                 num_workers: int | None = None):
+def make_builder(dataset: str, *, data_dir: str | None = None, manual_dir: str | None = None,
+                 skip_bad_examples: bool = False, num_workers: int | None = None):
     """The kdjax builder for "name[/config]" (a tfds builder object, nothing generated yet)."""
-    import tensorflow_datasets as tfds
-
-    from kdjax.data import builders  # registers them
+    from kdjax.data import builders
     from kdjax.errors import DatasetError
 
     name, _, config = dataset.partition("/")
@@ -27,8 +25,8 @@ def make_builder(dataset: str, *, data_dir: str | None = None, skip_bad_examples
     if config and config not in configs:
         raise DatasetError(f"{name} has no config {config!r}; configs: {configs}")
     kwargs = {"config": config} if config else {}
-    del tfds  # imported for its side effects on registration order only
-    return cls(data_dir=data_dir, skip_bad_examples=skip_bad_examples, num_workers=num_workers, **kwargs)
+    return cls(data_dir=data_dir, manual_dir=manual_dir, skip_bad_examples=skip_bad_examples,
+               num_workers=num_workers, **kwargs)
 
 
 def summary(builder) -> str:
@@ -52,11 +50,12 @@ def run(dataset: str, *, data_dir: str | None = None, manual_dir: str | None = N
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        builder = make_builder(dataset, data_dir=data_dir, skip_bad_examples=skip_bad_examples,
-                               num_workers=num_workers)
+        manual_dir = os.path.abspath(manual_dir) if manual_dir else None
+        builder = make_builder(dataset, data_dir=data_dir, manual_dir=manual_dir,
+                               skip_bad_examples=skip_bad_examples, num_workers=num_workers)
         start = time.time()
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=os.path.abspath(manual_dir) if manual_dir else None))
+            manual_dir=manual_dir))
         print(summary(builder))
         print(f"  done in {time.time() - start:.1f} s")
         return 0

@@ -91,13 +91,14 @@ class Speaker:
 class Difficulty:
     """How hard the corpus is: speaker spread and per-utterance nuisance."""
 
-    snr_db: tuple[float, float] = (0.0, 20.0)
+    # calibrated with benchmarks/corpus_difficulty.py (see docs/datasets.md)
+    snr_db: tuple[float, float] = (5.0, 30.0)
     pitch_jitter: float = 8.0  # +- espeak pitch units
     rate_jitter: float = 0.15  # +- relative
     gain_db: tuple[float, float] = (-12.0, 0.0)
-    warp_range: tuple[float, float] = (0.9, 1.1)
-    eq_db: float = 4.0  # std of per-band channel gain
-    utt_eq_db: float = 2.0  # std of per-utterance channel gain (mic/position variation)
+    warp_range: tuple[float, float] = (0.85, 1.15)
+    eq_db: float = 8.0  # std of per-band channel gain
+    utt_eq_db: float = 1.0  # std of per-utterance channel gain (mic/position variation)
 
 
 _EQ_CENTRES = np.geomspace(150.0, 6000.0, 8)

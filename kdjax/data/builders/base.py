@@ -33,8 +33,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     url_infos: dict = {}  # no checksums file next to the code (tfds would look for one in the package folder)
 
-    def __init__(self, *, skip_bad_examples: bool = False, num_workers: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, skip_bad_examples: bool = False, num_workers: int | None = None,
+                 manual_dir: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("file_format", "array_record")
+        self.manual_dir = manual_dir  # builders whose features depend on the data (audio_folder) read it early
         self.skip_bad_examples = skip_bad_examples
         self.num_workers = num_workers or os.cpu_count() or 1
         self.skipped: collections.Counter[str] = collections.Counter()

@@ -1,0 +1,42 @@
+"""The synthetic_speech builder: splits, labels, speakers, metadata, CLI summary."""
+import numpy as np
+
+from kdjax import cli
+from kdjax.data import pipeline
+
+
+def test_kws_tiny(tiny_data_dir):
+    names = pipeline.label_names("synthetic_speech/kws_tiny", tiny_data_dir)
+    assert len(names) == 12
+    speakers = {}
+    for split in ("train", "validation", "test"):
+        src = pipeline.load_source("synthetic_speech/kws_tiny", split, tiny_data_dir)
+        exs = [src[i] for i in range(len(src))]
+        assert all(e["audio"].dtype == np.int16 and e["audio"].shape == (16_000,) for e in exs)
+        speakers[split] = {int(e["speaker"]) for e in exs}
+        assert {int(e["label"]) for e in exs} == set(range(12))  # every class in every split
+    assert not speakers["train"] & speakers["test"] and not speakers["train"] & speakers["validation"]
+    meta = pipeline.metadata("synthetic_speech/kws_tiny", tiny_data_dir)
+    assert meta["config"]["task"] == "kws" and meta["stats"]["train"]["examples"] == len(
+        pipeline.load_source("synthetic_speech/kws_tiny", "train", tiny_data_dir))
+    assert meta["skipped"] == {"train": {}, "validation": {}, "test": {}}
+
+
+def test_sv_and_unlabeled_durations(tiny_data_dir):
+    src = pipeline.load_source("synthetic_speech/sv_tiny", "train", tiny_data_dir)
+    lengths = [src[i]["audio"].shape[0] for i in range(len(src))]
+    assert len(src) == 18 and 16_000 <= min(lengths) and max(lengths) <= 32_000
+    src = pipeline.load_source("synthetic_speech/unlabeled_tiny", "train", tiny_data_dir)
+    assert "label" not in src[0] and max(src[i]["audio"].shape[0] for i in range(len(src))) <= 48_000
+    assert np.abs(src[0]["audio"]).max() > 1000  # speech, not silence
+
+
+def test_cli_prepare_is_idempotent_and_summarises(tiny_data_dir, capsys):
+    assert cli.main(["prepare", "synthetic_speech/kws_tiny", "--data_dir", tiny_data_dir]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "speakers" in out and " h " in out
+
+
+def test_cli_unknown_config(tmp_path, capsys):
+    assert cli.main(["prepare", "synthetic_speech/huge", "--data_dir", str(tmp_path)]) == 1
+    assert "no config 'huge'" in capsys.readouterr().err
