@@ -39,11 +39,33 @@ def decode(source: str | os.PathLike | bytes, name: str | None = None) -> tuple[
         if os.path.getsize(source) == 0:
             raise _error(name, "empty_file", "file is empty (0 bytes)")
         fobj = source
+    _check_wav_length(source, name)
     try:
         data, rate = sf.read(fobj, dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError for broken headers
         raise _error(name, "corrupt_file", f"cannot decode audio ({type(e).__name__}: {e})") from e
     return data, int(rate)
+
+
+def _check_wav_length(source: str | os.PathLike | bytes, name: str) -> None:
+    """A truncated WAV decodes without error in libsndfile (it trusts the file size); compare with the header."""
+    if isinstance(source, bytes):
+        head, size = source[:4096], len(source)
+    else:
+        with open(source, "rb") as f:
+            head = f.read(4096)
+        size = os.path.getsize(source)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, length = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            if length != 0xFFFFFFFF and pos + 8 + length > size:  # 0xFFFFFFFF: streamed, length unknown
+                raise _error(name, "truncated_file", f"WAV data chunk declares {length} bytes but the file ends "
+                                                     f"after {size - pos - 8} (truncated)")
+            return
+        pos += 8 + length + (length & 1)
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:
