@@ -56,7 +56,7 @@ def _builder(name: str, data_dir: str | None):
 def load_source(name: str, split: str, data_dir: str | None = None):
     """A random-access source (tfds.data_source over ArrayRecord) of one split of a prepared dataset."""
     builder = _builder(name, data_dir)
-    if split not in builder.info.splits:
+    if any(part not in builder.info.splits for part in split.split("+")):  # "train+test" reads both
         raise DatasetError(f"dataset {name} has no split {split!r}; splits: {sorted(builder.info.splits)}")
     return builder.as_data_source(split=split)
 

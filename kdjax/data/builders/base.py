@@ -59,11 +59,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             try:
                 out = make(item)
             except (AudioError, DatasetError) as e:
-                if not self.skip_bad_examples:
-                    raise
-                reason = getattr(e, "reason", type(e).__name__)
-                counts[reason] += 1
-                log.warning("skipping bad example (%s): %s", reason, e)
+                self.skip_or_raise(e, counts)
                 continue
             if out is not None:
                 yield out
@@ -81,10 +77,18 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         stats[split] = {"examples": n, "hours": round(samples / 16_000 / 3600, 4), "speakers": len(speakers - {-1})}
         self.info.metadata["stats"] = stats
 
+    def skip_or_raise(self, err: Exception, counts: collections.Counter) -> None:
+        """Re-raise a bad-example error, or (skip_bad_examples) count it under its reason and log it."""
+        if not self.skip_bad_examples:
+            raise err
+        reason = getattr(err, "reason", type(err).__name__)
+        counts[reason] += 1
+        log.warning("skipping bad example (%s): %s", reason, err)
+
     def record_skips(self, split: str, counts: collections.Counter) -> None:
         """Log per-reason skip counts of a split and keep them in the dataset metadata."""
         skipped = dict(self.info.metadata.get("skipped", {}))
-        skipped[split] = dict(counts)
+        skipped[split] = dict(collections.Counter(skipped.get(split, {})) + counts)
         self.info.metadata["skipped"] = skipped
         self.skipped.update(counts)
         if counts:
@@ -97,3 +101,25 @@ def manual_path(dl_manager: tfds.download.DownloadManager, dataset: str, what: s
     if not path or not os.path.isdir(os.fspath(path)):
         raise DatasetError(f"{dataset}: --manual_dir {path or '(not set)'} is not a folder; it must hold {what}")
     return os.fspath(path)
+
+
+def extract_tar(archive: str, dl_manager: tfds.download.DownloadManager) -> str:
+    """Extract a tar(.gz) once into the download manager's extract dir (TFDS's extractor imports TensorFlow)."""
+    import shutil
+    import tarfile
+    import tempfile
+
+    root = os.fspath(dl_manager._extract_dir)
+    dest = os.path.join(root, os.path.basename(archive).split(".tar")[0])
+    if os.path.isdir(dest):
+        return dest
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=root, prefix=".incomplete-")  # renamed only when complete
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DatasetError(f"{archive}: cannot extract ({type(e).__name__}: {e})") from e
+    os.rename(tmp, dest)
+    return dest

@@ -1,0 +1,103 @@
+"""voxceleb1: VoxCeleb1 speaker identification training data and verification trials (manual_dir only).
+
+manual_dir holds the wav archives `vox1_dev_wav.zip` / `vox1_test_wav.zip` (read in place, not extracted) or their
+extracted `wav/` folders (anywhere up to two levels down), and `veri_test2.txt` (VoxCeleb1-O, cleaned); optional
+`list_test_all2.txt` (-E) and `list_test_hard2.txt` (-H). Split "test" holds the speakers of veri_test2.txt, split
+"train" all other speakers (numbered first, so training classes are 0..num_train_speakers-1). Utterance ids are
+"idXXXXX/VIDEO/NNNNN.wav" as in the trial lists.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+
+import tensorflow_datasets as tfds
+
+from kdjax.data import audio, pipeline
+from kdjax.data.builders import base
+from kdjax.errors import DatasetError
+
+TRIAL_FILES = {"O": "veri_test2.txt", "E": "list_test_all2.txt", "H": "list_test_hard2.txt"}
+
+
+def _utt_id(path: str) -> str | None:
+    """'.../wav/id10001/1zcIwhmdeo4/00001.wav' -> 'id10001/1zcIwhmdeo4/00001.wav'."""
+    parts = path.replace(os.sep, "/").split("/")
+    if len(parts) >= 3 and parts[-1].endswith(".wav") and parts[-3].startswith("id"):
+        return "/".join(parts[-3:])
+    return None
+
+
+def index_sources(root: str) -> dict[str, tuple[str, str | None]]:
+    """utterance id -> (file or zip path, member name in the zip or None), from zips and extracted folders."""
+    found: dict[str, tuple[str, str | None]] = {}
+    for name in sorted(os.listdir(root)):
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(os.path.join(root, name)) as z:
+                for member in z.namelist():
+                    uid = _utt_id(member)
+                    if uid:
+                        found.setdefault(uid, (os.path.join(root, name), member))
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for f in sorted(filenames):
+            uid = _utt_id(os.path.join(dirpath, f))
+            if uid:
+                found.setdefault(uid, (os.path.join(dirpath, f), None))
+    return found
+
+
+class Voxceleb1(base.Builder):
+    """VoxCeleb1: speaker-id training split and verification trials (O, and E/H when present)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "vox1_dev_wav.zip, vox1_test_wav.zip (or extracted wav/) and veri_test2.txt."
+
+    def _spec(self):
+        return base.features(), None, {"speakers": [], "num_train_speakers": 0, "trials": {}}
+
+    def _split_generators(self, dl_manager):
+        root = base.manual_path(dl_manager, "voxceleb1", "vox1_{dev,test}_wav.zip (or wav/) and veri_test2.txt")
+        veri = os.path.join(root, TRIAL_FILES["O"])
+        if not os.path.isfile(veri):
+            raise DatasetError(f"voxceleb1: {veri} is missing (the VoxCeleb1-O trial list)")
+        sources = index_sources(root)
+        if not sources:
+            raise DatasetError(f"voxceleb1: no idXXXXX/VIDEO/NNNNN.wav files or zips in {root}")
+        test_spk = {u.split("/")[0] for _, a, b in pipeline.parse_trials(veri) for u in (a, b)}
+        all_spk = {u.split("/")[0] for u in sources}
+        speakers = sorted(all_spk - test_spk) + sorted(test_spk)
+        self._speaker = {s: i for i, s in enumerate(speakers)}
+        self._sources = sources
+        self.info.metadata.update(speakers=speakers, num_train_speakers=len(all_spk - test_spk))
+        split_of = {u: ("test" if u.split("/")[0] in test_spk else "train") for u in sources}
+        self._write_trials(root, split_of)
+        ids = {s: [u for u in sorted(sources) if split_of[u] == s] for s in ("train", "test")}
+        return {split: self._generate_examples(split, us) for split, us in ids.items() if us}
+
+    def _write_trials(self, root: str, split_of: dict[str, str]) -> None:
+        os.makedirs(os.fspath(self.data_path / "trials"), exist_ok=True)  # inside TFDS's incomplete dir
+        lists = {}
+        for name, fname in TRIAL_FILES.items():
+            path = os.path.join(root, fname)
+            if not os.path.isfile(path):
+                continue
+            trials = pipeline.parse_trials(path)
+            pipeline.check_trials(trials, set(split_of), path)
+            splits = sorted({split_of[u] for _, a, b in trials for u in (a, b)}, reverse=True)
+            lists[name] = "+".join(splits)  # -E/-H span dev and test speakers: "train+test"
+            shutil.copyfile(path, os.fspath(self.data_path / "trials" / f"{name}.txt"))
+        self.info.metadata["trials"] = lists
+
+    def _clip(self, uid: str) -> tuple[str, dict]:
+        path, member = self._sources[uid]
+        if member is None:
+            x = audio.load_clip(path)
+        else:
+            with zipfile.ZipFile(path) as z:
+                x = audio.load_clip(z.read(member), name=f"{path}:{member}")
+        return uid, {"audio": x, "id": uid, "speaker": self._speaker[uid.split("/")[0]]}
+
+    def _generate_examples(self, split: str, uids: list[str]):
+        yield from self.counted(split, self.guarded(uids, self._clip, split))
