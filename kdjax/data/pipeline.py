@@ -11,6 +11,7 @@ No TensorFlow is imported on this path (tfds.data_source reads ArrayRecord and d
     label_names("synthetic_speech/kws")        # ['yes', 'no', ..., '_unknown_', '_silence_']
     load_trials("synthetic_speech/sv")         # [(is_target, utt_id_a, utt_id_b), ...] over split "test"
     utterance_ids(load_source("synthetic_speech/sv", "test"))   # example index -> utterance id
+    bucketed_iterator(src, batch_size=8, boundaries=[32000, 64000, 96000], seed=0)  # variable-length corpora
 
 Batches from `train_iterator`: "input_values" float32 [b, max_samples] (random crop when longer, zero pad when
 shorter, zero-mean unit-variance over valid samples when normalize), "attention_mask" int32 [b, max_samples],
@@ -176,3 +177,43 @@ def load_trials(name: str, data_dir: str | None = None, trial_list: str | None =
     trials = parse_trials(path)
     check_trials(trials, set(utterance_ids(builder.as_data_source(split=lists[trial_list]))), path)
     return trials
+
+
+def bucketed_iterator(source: Sequence[dict], *, batch_size: int, boundaries: Sequence[int], seed: int,
+                      num_epochs: int | None = None, normalize: bool = True, process_index: int | None = None,
+                      process_count: int | None = None) -> grain.DatasetIterator:
+    """Length-bucketed batches for variable-length corpora: each batch is padded only to its bucket's boundary.
+
+    A clip goes to the first bucket whose boundary is >= its length (longer clips are cropped at random to the
+    last boundary). Batch composition is planned once from `seed` (reading every clip's length once); the order
+    of batches is reshuffled every epoch. Same keys as train_iterator; checkpointable the same way.
+    """
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    bounds = sorted(boundaries)
+    indices = list(range(process_index, len(source), process_count))
+    rng = np.random.default_rng([seed, process_index])
+    rng.shuffle(indices)
+    buckets: dict[int, list[int]] = {}
+    for i in indices:
+        n = source[i]["audio"].shape[0]
+        buckets.setdefault(next((b for b in bounds if n <= b), bounds[-1]), []).append(i)
+    plan = [(bound, members[k:k + batch_size]) for bound, members in sorted(buckets.items())
+            for k in range(0, len(members) - batch_size + 1, batch_size)]
+    if not plan:
+        raise DatasetError(f"no bucket of {bounds} has {batch_size} clips (process {process_index}/{process_count})")
+
+    def load(item: tuple[int, list[int]], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        bound, members = item
+        rows = []
+        for i in members:
+            ex = source[i]
+            start = int(rng.integers(0, max(ex["audio"].shape[0] - bound, 0) + 1))
+            rows.append(_example(ex, bound, start, normalize))
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    ds = grain.MapDataset.source(plan).shuffle(seed=seed).repeat(num_epochs).random_map(load, seed=seed)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=min(4, os.cpu_count() or 1),
+                                                     prefetch_buffer_size=4)))

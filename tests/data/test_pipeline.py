@@ -120,3 +120,22 @@ print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_bucketed_iterator(tiny_data_dir):
+    src = pipeline.load_source("synthetic_speech/unlabeled_tiny", "train", tiny_data_dir)
+    it = pipeline.bucketed_iterator(src, batch_size=2, boundaries=[24_000, 40_000], seed=0, num_epochs=1,
+                                    process_index=0, process_count=1)
+    batches = list(it)
+    assert batches and all(b["input_values"].shape[1] in (24_000, 40_000) for b in batches)
+    for b in batches:
+        assert b["attention_mask"].sum(1).min() > 0 and b["input_values"].shape[0] == 2
+    it = pipeline.bucketed_iterator(src, batch_size=2, boundaries=[24_000, 40_000], seed=0,
+                                    process_index=0, process_count=1)
+    next(it)
+    state = it.get_state()
+    want = next(it)
+    again = pipeline.bucketed_iterator(src, batch_size=2, boundaries=[24_000, 40_000], seed=0,
+                                       process_index=0, process_count=1)
+    again.set_state(state)
+    np.testing.assert_array_equal(next(again)["input_values"], want["input_values"])
