@@ -40,3 +40,14 @@ def test_cli_prepare_is_idempotent_and_summarises(tiny_data_dir, capsys):
 def test_cli_unknown_config(tmp_path, capsys):
     assert cli.main(["prepare", "synthetic_speech/huge", "--data_dir", str(tmp_path)]) == 1
     assert "no config 'huge'" in capsys.readouterr().err
+
+
+def test_parallel_generation_matches_serial(tiny_data_dir, tmp_path):
+    from kdjax.data import prepare
+
+    assert prepare.run("synthetic_speech/kws_tiny", data_dir=str(tmp_path), num_workers=2) == 0
+    for split in ("train", "test"):
+        a = pipeline.load_source("synthetic_speech/kws_tiny", split, str(tmp_path))
+        b = pipeline.load_source("synthetic_speech/kws_tiny", split, tiny_data_dir)
+        rows = lambda s: sorted((e["id"], int(e["label"]), int(e["speaker"])) for e in (s[i] for i in range(len(s))))  # noqa: E731
+        assert rows(a) == rows(b)

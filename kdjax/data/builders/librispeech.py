@@ -48,7 +48,7 @@ class Librispeech(base.Builder):
         if not subsets:
             raise DatasetError(f"librispeech: no subset ({', '.join(SUBSETS)}) as .tar.gz or folder in {root}")
         utts = {s: self._list(folder) for s, folder in subsets.items()}
-        speakers = sorted({u[0].split("-")[0] for us in utts.values() for u in us}, key=int)
+        speakers = sorted({u[0].split("-")[0] for us in utts.values() for u in us}, key=lambda s: (len(s), s))  # numeric order
         self._speaker = {s: i for i, s in enumerate(speakers)}
         self.info.metadata.update(speakers=speakers, subsets=sorted(subsets))
         return {s.replace("-", "_"): self._generate_examples(s.replace("-", "_"), us) for s, us in utts.items()}

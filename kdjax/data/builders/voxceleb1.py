@@ -70,6 +70,7 @@ class Voxceleb1(base.Builder):
         speakers = sorted(all_spk - test_spk) + sorted(test_spk)
         self._speaker = {s: i for i, s in enumerate(speakers)}
         self._sources = sources
+        self._zips: dict[str, zipfile.ZipFile] = {}
         self.info.metadata.update(speakers=speakers, num_train_speakers=len(all_spk - test_spk))
         split_of = {u: ("test" if u.split("/")[0] in test_spk else "train") for u in sources}
         self._write_trials(root, split_of)
@@ -95,8 +96,9 @@ class Voxceleb1(base.Builder):
         if member is None:
             x = audio.load_clip(path)
         else:
-            with zipfile.ZipFile(path) as z:
-                x = audio.load_clip(z.read(member), name=f"{path}:{member}")
+            if path not in self._zips:  # keep archives open: re-reading a 150k-entry directory per clip is slow
+                self._zips[path] = zipfile.ZipFile(path)
+            x = audio.load_clip(self._zips[path].read(member), name=f"{path}:{member}")
         return uid, {"audio": x, "id": uid, "speaker": self._speaker[uid.split("/")[0]]}
 
     def _generate_examples(self, split: str, uids: list[str]):
