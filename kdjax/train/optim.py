@@ -1,0 +1,113 @@
+"""Optimizers from config (optax). Defaults follow the s3prl distiller runner.
+
+AdamW lr 2e-4, betas (0.9, 0.98), eps 1e-6, weight decay 1e-6, gradient clipping to global norm 5, learning rate
+warmed up linearly from 0 over the first 7% of the updates then decayed linearly to 0 at the last one.
+
+    opt = make_optimizer(config.optim, total_steps=config.total_steps, param_labels=task_label_fn)
+    opt_state = opt.tx.init(params); updates, opt_state = opt.tx.update(grads, opt_state, params)
+    opt.lr(step)   # the learning rate of the default group at loop step `step`
+
+Parameter groups (fine-tuning): `param_labels(params) -> pytree of str` labels every leaf; each label is
+configured under `config.optim.groups.<label>` with `lr` (defaults to optim.lr, same warm-up/decay shape) and
+`frozen` (True: the update is exactly zero, no weight decay, and the params stay bit-identical). Frozen gradients
+are zeroed before clipping so they do not count in the global norm.
+
+Gradient accumulation: `accum_steps=k` wraps everything in optax.MultiSteps: the loop step still consumes one
+batch, params change every k steps with the mean gradient, and the schedule counts updates (total_steps // k).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import ml_collections
+import optax
+
+from kdjax.errors import ConfigError
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The optimizer fields every config carries under `config.optim`."""
+    return ml_collections.ConfigDict(dict(
+        name="adamw", lr=2e-4, schedule="linear", warmup_frac=0.07, warmup_steps=-1, b1=0.9, b2=0.98, eps=1e-6,
+        weight_decay=1e-6, clip_norm=5.0, accum_steps=1, groups=ml_collections.ConfigDict(),
+    ))
+
+
+def make_schedule(cfg: Any, total_updates: int, lr: float | None = None) -> optax.Schedule:
+    """Learning rate per optimizer update: linear warm-up from 0, then linear/cosine decay to 0 or constant."""
+    lr = float(cfg.lr if lr is None else lr)
+    total = max(int(total_updates), 1)
+    warm = int(cfg.warmup_steps) if int(cfg.warmup_steps) >= 0 else int(round(float(cfg.warmup_frac) * total))
+    warm = min(warm, total)
+    if cfg.schedule == "linear":
+        after = optax.linear_schedule(lr, 0.0, max(total - warm, 1))
+    elif cfg.schedule == "cosine":
+        after = optax.cosine_decay_schedule(lr, max(total - warm, 1))
+    elif cfg.schedule == "constant":
+        after = optax.constant_schedule(lr)
+    else:
+        raise ConfigError(f"config.optim.schedule={cfg.schedule!r}; expected 'linear', 'cosine' or 'constant'")
+    if warm == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
+
+
+def _base(cfg: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+    if cfg.name == "adamw":
+        return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    if cfg.name == "sgd":
+        return optax.sgd(schedule)
+    raise ConfigError(f"config.optim.name={cfg.name!r}; expected 'adamw', 'adam' or 'sgd'")
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """An optax transformation plus the schedule of its default group (for logging)."""
+
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    accum_steps: int
+
+    def lr(self, step: Any) -> Any:
+        """Learning rate of the default group at loop step `step` (counts updates under accumulation)."""
+        return self.schedule(step // self.accum_steps)
+
+
+def make_optimizer(cfg: Any, total_steps: int, param_labels: Callable[[Any], Any] | None = None,
+                   labels: list[str] | None = None) -> Optimizer:
+    """The optimizer of `config.optim` over `total_steps` loop steps; see the module docstring for groups."""
+    accum = int(cfg.get("accum_steps", 1) or 1)
+    if accum < 1:
+        raise ConfigError(f"config.optim.accum_steps={accum} must be >= 1")
+    total_updates = max(int(total_steps) // accum, 1)
+    schedule = make_schedule(cfg, total_updates)
+    clip = [optax.clip_by_global_norm(float(cfg.clip_norm))] if cfg.clip_norm and cfg.clip_norm > 0 else []
+    groups = dict(cfg.get("groups", {}) or {})
+    if param_labels is None:
+        if groups:
+            raise ConfigError(f"config.optim.groups {sorted(groups)} is set but this task labels no param groups")
+        tx = optax.chain(*clip, _base(cfg, schedule))
+    else:
+        names = sorted(set(labels) | set(groups)) if labels else sorted(groups)
+        if not names:
+            raise ConfigError("a param_labels function needs its labels (labels=[...]) or config.optim.groups")
+        unknown = set(groups) - set(names)
+        if unknown:
+            raise ConfigError(f"config.optim.groups has {sorted(unknown)}, which no param carries; labels: {names}")
+        frozen = {n for n in names if bool(dict(groups.get(n, {})).get("frozen", False))}
+        inner = {}
+        for n in names:
+            g = dict(groups.get(n, {}))
+            bad = set(g) - {"lr", "frozen"}
+            if bad:
+                raise ConfigError(f"config.optim.groups.{n} has unknown fields {sorted(bad)}; expected lr, frozen")
+            inner[n] = optax.set_to_zero() if n in frozen else _base(cfg, make_schedule(cfg, total_updates, g.get("lr")))
+        zero_frozen = ([optax.multi_transform({n: optax.set_to_zero() if n in frozen else optax.identity()
+                                              for n in names}, param_labels)] if frozen else [])
+        tx = optax.chain(*zero_frozen, *clip, optax.multi_transform(inner, param_labels))
+    if accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=accum)
+    return Optimizer(tx=tx, schedule=schedule, accum_steps=accum)
