@@ -85,11 +85,14 @@ class Checkpointer:
         self.save_every = int(save_every)
         self.best_metric = best_metric or None
         keep_policies: list[Any] = [policies.LatestN(n=max(int(keep), 1))]
+        best_fn = None
         if self.best_metric:
             metric = self.best_metric
-            keep_policies.append(policies.BestN(get_metric_fn=lambda m: m[metric], reverse=best_mode == "min", n=1,
+            best_fn = lambda m: float(m[metric])  # noqa: E731
+            keep_policies.append(policies.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
                                                 keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
+            best_fn=best_fn, best_mode=best_mode,  # for best_step(); retention is the preservation policy's
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True, create=True)
         self.directory = epath.Path(directory)

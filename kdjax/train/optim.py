@@ -91,7 +91,7 @@ def make_optimizer(cfg: Any, total_steps: int, param_labels: Callable[[Any], Any
             raise ConfigError(f"config.optim.groups {sorted(groups)} is set but this task labels no param groups")
         tx = optax.chain(*clip, _base(cfg, schedule))
     else:
-        names = sorted(set(labels) | set(groups)) if labels else sorted(groups)
+        names = sorted(set(labels)) if labels else sorted(groups)
         if not names:
             raise ConfigError("a param_labels function needs its labels (labels=[...]) or config.optim.groups")
         unknown = set(groups) - set(names)

@@ -103,7 +103,7 @@ class ToyRegression:
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = self.opt.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": self.opt.lr(state.step)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": self.opt.lr(state.step)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _sums(self, params: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
