@@ -29,16 +29,18 @@ class HubertPretrainer(nnx.Module):
 
 
 def masked_prediction_loss(model: HubertPretrainer, input_values: jax.Array, attention_mask: jax.Array,
-                           targets: jax.Array, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+                           targets: jax.Array, rng: jax.Array, *, deterministic: bool = False
+                           ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Cross-entropy on masked, valid frames (HuBERT's pred_masked_weight=1, pred_nomask_weight=0).
 
-    `targets` are int cluster ids [B, T] on the encoder's frames.
+    `targets` are int cluster ids [B, T] on the encoder's frames. `deterministic` turns dropout off (evaluation);
+    the masked frames are still drawn from `rng`.
     """
     mask_key, dropout_key = jax.random.split(rng)
     frames = targets.shape[1]
     valid = frame_mask_from_attention_mask(model.encoder.config, attention_mask, frames)
     masked = time_mask(model.encoder.config, mask_key, valid) & valid
-    out = model.encoder(input_values, attention_mask, deterministic=False, rng=dropout_key,
+    out = model.encoder(input_values, attention_mask, deterministic=deterministic, rng=dropout_key,
                         mask_time_indices=masked)
     if out.last_hidden_state.shape[1] != frames:
         raise ValueError(f"targets have {frames} frames but the encoder produced {out.last_hidden_state.shape[1]}: "
