@@ -187,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_metrics: dict[str, float] = {}
     eval_metrics: dict[str, float] | None = None
     window = {"t": time.time(), "steps": 0, "audio": 0.0}
-    audio_total, preempted, step = 0.0, False, start
+    audio_total, timed_audio, preempted, step = 0.0, 0.0, False, start
 
     def iterator_states() -> dict[str, Any]:
         return {name: it.get_state() for name, it in iterators.items()}
@@ -226,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 pending = []
                 dt = max(time.time() - window["t"], 1e-9)
                 timings["train_s"] += dt
+                timed_audio += window["audio"]
                 logger.train(step, total, train_metrics, window["steps"] / dt, window["audio"] / dt)
                 window = {"t": time.time(), "steps": 0, "audio": 0.0}
             step_eval = None
@@ -260,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "train": train_metrics, "eval": eval_metrics, "best": best, "param_count": params,
         "processes": n_proc, "devices": len(mesh.devices.flat), "mesh": dict(mesh.shape),
         "timings": {**timings, "audio_seconds": audio_total,
-                    "audio_seconds_per_s": audio_total / max(timings["train_s"], 1e-9)},
+                    "audio_seconds_per_s": timed_audio / max(timings["train_s"], 1e-9)},
         "config": config.to_dict(),
     }
     if main_process:
