@@ -38,7 +38,7 @@ def get_config(arg=None):
     """The pretraining config; `arg` holds variant args (see the module docstring)."""
     args = _parse(arg)
     config = base_config()
-    config.task = "kdjax.pretrain.task:HubertPretraining"
+    config.task = "pretrain_hubert"
     config.seed = 0
     config.total_steps = int(args.get("steps", 3000))
     config.batch_size = 8

@@ -12,6 +12,7 @@ from kdjax.errors import ConfigError
 
 TASKS: dict[str, str] = {
     "toy_regression": "kdjax.train.toy:ToyRegression",
+    "pretrain_hubert": "kdjax.pretrain.task:HubertPretraining",
 }
 
 
