@@ -153,3 +153,13 @@ def test_presets_have_published_sizes():
     assert abs(counts["ntu-spml/distilhubert"] - 23.49e6) < 0.1e6, counts
     assert abs(counts["facebook/wav2vec2-large-lv60"] - 315.4e6) < 0.5e6, counts
     assert preset("facebook/wav2vec2-base").receptive_field == 400 and preset("ntu-spml/distilhubert").frame_stride == 320
+
+
+def test_freeze_feature_encoder_zeroes_only_conv_gradients():
+    model = enc_lib.init_encoder(TINY.replace(layerdrop=0.0))
+    x, mask = hf_utils.batch()
+    grads = nnx.grad(lambda m: jnp.sum(m(x, mask, freeze_feature_encoder=True).last_hidden_state[:, :3]))(model)
+    conv = jax.tree.leaves(grads["feature_encoder"])
+    rest = jax.tree.leaves(grads["layers"])
+    assert conv and all(float(jnp.abs(g).max()) == 0.0 for g in conv)
+    assert any(float(jnp.abs(g).max()) > 0.0 for g in rest)
