@@ -11,7 +11,6 @@ return with results["preempted"] = True (exit code 0 from kdjax.main).
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import signal

@@ -6,11 +6,10 @@ import optax
 import pytest
 
 from kdjax.errors import ConfigError
-from kdjax.train import optim
+from kdjax.train import optim, sharding
 from kdjax.train.toy import make_data
 
 from .helpers import host_params, run_steps, toy_config
-from kdjax.train import sharding
 
 
 def _cfg(**kw):

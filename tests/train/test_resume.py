@@ -124,3 +124,30 @@ def test_two_stream_resume_in_process(tmp_path):
     assert sorted(json.load(open(os.path.join(resumed, "checkpoints", "20", "data", "process_0-of-1.json")))) == [
         "a", "b"]
     _assert_bitwise_equal(resumed, dict(np.load(os.path.join(straight, "export", "params.npz"))))
+
+
+def test_two_processes_checkpoint_per_process_and_resume(tmp_path):
+    """launch/run.sh --local-processes 2: global batches across processes, one iterator file per process."""
+    workdir = str(tmp_path / "mp")
+
+    def run(steps):
+        cmd = [str(ROOT / "launch" / "run.sh"), "--local-processes", "2", "--devices-per-process", "2", "--",
+               f"--config={TOY}:runlocal", f"--workdir={workdir}", f"--config.total_steps={steps}",
+               "--config.optim.schedule=constant", "--config.optim.warmup_steps=0"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=150)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # run.sh and the two workers it started
+                proc.wait()
+        assert proc.returncode == 0, out[-4000:]
+        return _results(workdir)
+
+    first = run(10)
+    assert (first["processes"], first["devices"], first["final_step"]) == (2, 4, 10)
+    files = sorted(os.listdir(os.path.join(workdir, "checkpoints", "10", "data")))
+    assert [f for f in files if f.endswith(".json")] == ["process_0-of-2.json", "process_1-of-2.json"]
+    second = run(20)
+    assert (second["resumed_from"], second["final_step"]) == (10, 20)
