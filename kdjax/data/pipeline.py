@@ -115,22 +115,54 @@ def train_iterator(source: Sequence[dict], *, batch_size: int, max_samples: int,
 
 
 def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | None = None,
-                 normalize: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                 normalize: bool = True, pad_to: int | None = None,
+                 indices: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """All examples in order, padded to the batch's longest clip (or centre-cropped to max_samples).
 
     The last batch is padded up to batch_size; "valid" (bool) marks real rows and "index" (int32) their position.
+    `pad_to` rounds each batch's length up to a multiple of it (capped at max_samples), so a jitted model sees few
+    shapes; `indices` restricts the batches to those examples (in that order).
     """
-    n = len(source)
-    for lo in range(0, n, batch_size):
-        exs = [source[i] for i in range(lo, min(lo + batch_size, n))]
+    order = list(range(len(source))) if indices is None else list(indices)
+    for lo in range(0, len(order), batch_size):
+        take = order[lo:lo + batch_size]
+        exs = [source[i] for i in take]
         longest = max(ex["audio"].shape[0] for ex in exs)
+        if pad_to:
+            longest = -(-longest // pad_to) * pad_to
         length = longest if max_samples is None else min(longest, max_samples)
         rows = [_example(ex, length, None, normalize) for ex in exs]
         pad = batch_size - len(rows)
         rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * pad
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
         batch["valid"] = np.arange(batch_size) < len(exs)
-        batch["index"] = np.arange(lo, lo + batch_size, dtype=np.int32)
+        batch["index"] = np.asarray(take + [-1] * pad, dtype=np.int32)
+        yield batch
+
+
+def process_eval_batches(source: Sequence[dict], *, global_batch_size: int, max_samples: int,
+                         limit: int | None = None, normalize: bool = True) -> Iterator[dict[str, np.ndarray]]:
+    """This process's share of the first `limit` examples as fixed-shape [batch, max_samples] batches.
+
+    Every process yields the same number of batches (what a multi-process evaluation needs); rows past the end are
+    padding with "valid" False.
+    """
+    import jax
+
+    count = len(source) if limit is None else min(int(limit), len(source))
+    per_process = global_batch_size // jax.process_count()
+    mine = list(range(jax.process_index(), count, jax.process_count()))
+    steps = -(-count // global_batch_size)
+    mine += [-1] * (steps * per_process - len(mine))
+    for s in range(steps):
+        rows = [i for i in mine[s * per_process:(s + 1) * per_process] if i >= 0]
+        if rows:
+            batch = next(eval_batches(source, batch_size=per_process, max_samples=max_samples, normalize=normalize,
+                                      pad_to=max_samples, indices=rows))
+        else:  # this process has run out of examples; it still takes part with an all-padding batch
+            batch = next(eval_batches(source, batch_size=per_process, max_samples=max_samples, normalize=normalize,
+                                      pad_to=max_samples, indices=[0]))
+            batch["valid"][:] = False
         yield batch
 
 

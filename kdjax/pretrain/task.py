@@ -138,19 +138,12 @@ class HubertPretraining:
                                        max_samples=self.max_samples, seed=int(self.config.seed))
 
     def eval_data(self) -> Iterable[dict] | None:
-        """This process's share of the validation clips in equal-size batches."""
+        """This process's share of the first `eval_utterances` validation clips, in fixed-shape batches."""
         if not self.cfg.eval_utterances:
             return None
         source = pipeline.load_source(self.cfg.dataset, "validation", self.cfg.data_dir)
-        count = min(int(self.cfg.eval_utterances), len(source))
-        per_process = self.config.batch_size // jax.process_count()
-        mine = [source[i] for i in range(count)][jax.process_index()::jax.process_count()]
-        steps = -(-count // self.config.batch_size)  # equal on every process
-        batches = pipeline.eval_batches(mine, batch_size=per_process, max_samples=self.max_samples)
-        for _, batch in zip(range(steps), batches):
-            batch["input_values"] = _pad_to(batch["input_values"], self.max_samples)
-            batch["attention_mask"] = _pad_to(batch["attention_mask"], self.max_samples)
-            yield batch
+        return pipeline.process_eval_batches(source, global_batch_size=self.config.batch_size,
+                                             max_samples=self.max_samples, limit=int(self.cfg.eval_utterances))
 
     def audio_seconds(self, host_batch: dict) -> float:
         """Seconds of real (unpadded) audio in this process's batch."""
@@ -174,7 +167,3 @@ def _valid_frames(config: EncoderConfig, attention_mask: np.ndarray, frames: int
     from kdjax.models.encoder import frame_mask_from_attention_mask
 
     return np.asarray(frame_mask_from_attention_mask(config, jnp.asarray(attention_mask), frames))
-
-
-def _pad_to(x: np.ndarray, length: int) -> np.ndarray:
-    return np.pad(x, ((0, 0), (0, length - x.shape[1]))) if x.shape[1] < length else x

@@ -139,3 +139,20 @@ def test_bucketed_iterator(tiny_data_dir):
                                        process_index=0, process_count=1)
     again.set_state(state)
     np.testing.assert_array_equal(next(again)["input_values"], want["input_values"])
+
+
+def test_process_eval_batches_have_fixed_shapes_and_cover_every_example(tiny_data_dir):
+    src = pipeline.load_source("synthetic_speech/kws_tiny", "test", tiny_data_dir)
+    limit = len(src) - 1
+    assert limit > 8
+    batches = list(pipeline.process_eval_batches(src, global_batch_size=8, max_samples=12_000, limit=limit))
+    assert len(batches) == -(-limit // 8)
+    assert all(b["input_values"].shape == (8, 12_000) and b["attention_mask"].shape == (8, 12_000) for b in batches)
+    idx = np.concatenate([b["index"][b["valid"]] for b in batches])
+    np.testing.assert_array_equal(idx, np.arange(limit))
+
+
+def test_eval_batches_pad_to_rounds_lengths_up(tiny_data_dir):
+    src = pipeline.load_source("synthetic_speech/sv_tiny", "test", tiny_data_dir)
+    for b in pipeline.eval_batches(src, batch_size=4, pad_to=8000):
+        assert b["input_values"].shape[1] % 8000 == 0
