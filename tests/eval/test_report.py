@@ -1,0 +1,86 @@
+"""`kdjax report`: table with degradation vs the teacher, PNG plots, and errors that name the bad results.json."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kdjax.errors import KdjaxError
+from kdjax.eval import report
+
+
+def _write_run(workdir, name, role, acc, eer, *, inline_extras=True, **model):
+    os.makedirs(workdir, exist_ok=True)
+    rng = np.random.default_rng(len(name))
+    scores = np.concatenate([rng.normal(2, 1, 50), rng.normal(0, 1, 200)])
+    labels = np.concatenate([np.ones(50, int), np.zeros(200, int)])
+    results = {"name": name, "model": {"name": name.split("-")[0], "role": role, **model}, "task": "multitask",
+               "encoder": "finetuned",
+               "metrics": {"kws/test/accuracy": acc, "sv/test/eer": eer, "sv/test/mindcf_0.01": 0.5,
+                           "sv/test/mindcf_0.05": 0.3},
+               "confusion_matrix": [[8, 2], [1, 9]], "class_names": ["yes", "no"]}
+    history = [{"step": s, "train/loss": 1.0 / (s + 1), "kws/val/accuracy": 0.5 + s / 40} for s in range(0, 20, 5)]
+    if inline_extras:
+        results["history"] = history
+        results["sv_scores"] = {"scores": scores.tolist(), "labels": labels.tolist()}
+    else:  # the same data in the side files the report falls back to
+        with open(os.path.join(workdir, report.METRICS_FILE), "w") as f:
+            f.write("\n".join(json.dumps(h) for h in history) + "\nnot json\n")
+        np.savez(os.path.join(workdir, report.SCORES_FILE), scores=scores, labels=labels)
+    with open(os.path.join(workdir, report.RESULTS_FILE), "w") as f:
+        json.dump(results, f)
+
+
+def test_report_table_degradation_and_plots(tmp_path, capsys):
+    teacher, student = str(tmp_path / "teacher"), str(tmp_path / "student")
+    _write_run(teacher, "hubert_base-mt", "teacher", 0.96, 0.05, params=94_400_000, size_mb=377.6)
+    _write_run(student, "student4L-mt", "student", 0.93, 0.0825, inline_extras=False, params=23_000_000,
+               size_mb=92.0, teacher="hubert_base")
+    out = str(tmp_path / "out")
+    assert report.report_main([teacher, student], out) == 0
+
+    rows = json.load(open(os.path.join(out, "report.json")))["rows"]
+    t, s = rows
+    assert t["kws_degradation_pp"] is None and t["role"] == "teacher"
+    assert s["kws_degradation_pp"] == pytest.approx(3.0)  # 96 % -> 93 %: 3 points worse
+    assert s["sv_eer_degradation_pp"] == pytest.approx(3.25)  # 5 % -> 8.25 %: 3.25 points worse
+    assert s["kws_degradation_vs"] == "hubert_base-mt" and s["tasks"] == "multi"
+
+    md = open(os.path.join(out, "report.md")).read()
+    assert "| student4L-mt | student4L | student | 23.00 | 92.0 | finetuned | multi | 93.00 | +3.00 | 8.25 | +3.25" in md
+    assert "metrics.jsonl line 5: not valid JSON" in md  # a bad line is skipped and reported, not fatal
+    assert md in capsys.readouterr().out
+    for png in ("curves_hubert_base-mt.png", "curves_student4L-mt.png", "confusion_student4L-mt.png", "det.png"):
+        with open(os.path.join(out, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
+
+
+def test_missing_optional_fields_are_noted(tmp_path):
+    wd = str(tmp_path / "bare")
+    os.makedirs(wd)
+    with open(os.path.join(wd, "results.json"), "w") as f:
+        json.dump({"name": "bare", "model": {"name": "tiny"}, "task": "sv", "metrics": {"sv/test/eer": 0.1}}, f)
+    rep = report.build_report([wd])  # default out_dir: <workdir>/report
+    assert os.path.exists(os.path.join(wd, "report", "report.md"))
+    notes = "\n".join(rep["notes"])
+    assert "'sv/test/mindcf_0.01'" in notes and "no teacher run" in notes and "no SV scores" in notes
+    assert rep["figures"] == []
+
+
+def test_missing_or_invalid_results_name_the_file(tmp_path, capsys):
+    missing = str(tmp_path / "missing")
+    os.makedirs(missing)
+    assert report.report_main([missing], str(tmp_path / "out")) == 1
+    assert os.path.join(missing, "results.json") in capsys.readouterr().err
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "results.json").write_text('{"name": "x",\n "model": }')
+    with pytest.raises(KdjaxError, match=r"broken/results.json line 2: not valid JSON"):
+        report.load_results(str(broken))
+    (broken / "results.json").write_text(json.dumps({"name": "x", "model": {"name": "m"}, "encoder": "thawed"}))
+    with pytest.raises(KdjaxError, match=r"broken/results.json: field 'encoder' should be one of"):
+        report.load_results(str(broken))
+    (broken / "results.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(KdjaxError, match=r"results.json: field 'model'"):
+        report.load_results(str(broken))
