@@ -69,6 +69,7 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 def statistics_pooling(x: jax.Array, mask: jax.Array) -> jax.Array:
     """Concatenated mean and standard deviation over valid frames: [B, T, D] -> [B, 2D]."""
+    x = jnp.where(mask[..., None], x, 0)  # first: NaN in padding would give NaN gradients through (x - mean)^2
     mean = masked_mean(x, mask)
     var = masked_mean(jnp.square(x - mean[:, None]), mask)
     return jnp.concatenate([mean, jnp.sqrt(var + _EPS)], axis=-1)
@@ -76,9 +77,10 @@ def statistics_pooling(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 def attentive_statistics_pooling(x: jax.Array, scores: jax.Array, mask: jax.Array) -> jax.Array:
     """Attention-weighted mean and std over valid frames; scores [B, T, D] or [B, T, 1] are softmaxed over time."""
-    scores = jnp.where(mask[..., None], scores, -jnp.inf)
-    w = jax.nn.softmax(scores, axis=1)
-    w = jnp.where(mask[..., None], w, 0)  # all-invalid rows give NaN from softmax; make them 0
+    # A finite floor, not -inf: a row without valid frames then softmaxes to uniform (later zeroed), not to NaN,
+    # which would poison gradients even through the where below.
+    scores = jnp.where(mask[..., None], scores, jnp.finfo(scores.dtype).min)
+    w = jnp.where(mask[..., None], jax.nn.softmax(scores, axis=1), 0)
     x = jnp.where(mask[..., None], x, 0)
     mean = (w * x).sum(1)
     var = (w * jnp.square(x - mean[:, None])).sum(1)

@@ -67,6 +67,15 @@ def test_poolings_use_valid_frames_only():
                                H.attentive_statistics_pooling(x, scores, mask), atol=1e-5)
 
 
+def test_poolings_without_valid_frames_stay_finite():
+    x, mask = _batch()
+    x[0] = np.nan  # garbage everywhere in an utterance with no valid frame
+    mask[0] = False
+    for fn in (H.masked_mean, H.statistics_pooling, lambda x, m: H.attentive_statistics_pooling(x, x, m)):
+        out, grad = jax.value_and_grad(lambda x: fn(x, mask).sum())(jnp.asarray(x))
+        assert np.isfinite(out) and np.all(np.isfinite(grad))
+
+
 def test_tdnn_output_mask_follows_receptive_field():
     layer = H.TDNNLayer(2, 2, kernel=3, dilation=2, rngs=nnx.Rngs(0))
     mask = jnp.arange(10)[None] < jnp.array([[10], [7], [4]])
