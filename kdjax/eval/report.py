@@ -21,7 +21,9 @@ METRICS_FILE = "metrics.jsonl"  # optional training curves, one {"step": ..., "<
 SCORES_FILE = "sv_scores.npz"  # optional SV trial scores (arrays "scores", "labels") when not inline
 KWS_ACC, SV_EER = "kws/test/accuracy", "sv/test/eer"
 SV_DCF = ("sv/test/mindcf_0.01", "sv/test/mindcf_0.05")
-TASKS, ENCODERS, ROLES = ("kws", "sv", "multitask", "distill"), ("frozen", "finetuned"), ("teacher", "student", "baseline")
+TASKS = ("kws", "sv", "multitask", "distill")
+ENCODERS = ("frozen", "finetuned")
+ROLES = ("teacher", "student", "baseline")
 
 
 class ModelInfo(TypedDict, total=False):
@@ -152,7 +154,8 @@ def to_markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
     for r in rows:
         pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
         cells = [r["run"], r["model"], r["role"], _fmt(None if r["params"] is None else r["params"] / 1e6, ".2f"),
-                 _fmt(r["size_mb"], ".1f"), r["encoder"] or "–", r["tasks"] or "–", _fmt(pct(r["kws_accuracy"]), ".2f"),
+                 _fmt(r["size_mb"], ".1f"), r["encoder"] or "–", r["tasks"] or "–",
+                 _fmt(pct(r["kws_accuracy"]), ".2f"),
                  _fmt(r["kws_degradation_pp"], "+.2f"), _fmt(pct(r["sv_eer"]), ".2f"),
                  _fmt(r["sv_eer_degradation_pp"], "+.2f"), _fmt(r["sv_mindcf_0.01"], ".3f"),
                  _fmt(r["sv_mindcf_0.05"], ".3f")]
