@@ -1,0 +1,96 @@
+"""The config fields of the distillation task (config.distill), shared by configs/distill_*.py.
+
+    config.task                      "kdjax.distill.task:Distillation"
+    config.distill.teacher           HF checkpoint folder, or a repo id found in the local HF cache (never downloaded)
+    config.distill.teacher_dtype     "float32" | "bfloat16": the teacher's compute dtype (its params stay float32)
+    config.distill.student.*         kdjax.distill.student.STUDENT_DEFAULTS (None = the teacher's value), incl. init
+    config.distill.loss.*            kdjax.distill.losses.LossConfig: mode, target_layers, student_layers, cos_weight,
+                                     include_padding, layer_reduction, head_inter_dim
+    config.distill.feature_grad_mult gradient scale into the student's conv stack (s3prl: 0.1; 0 freezes it)
+    config.distill.dataset / train_split / eval_split / data_dir / max_seconds / eval_utterances
+    config.distill.export_dir        the student (without heads) is written to WORKDIR/<export_dir> in HF format
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from kdjax.distill.losses import LossConfig
+from kdjax.distill.student import STUDENT_DEFAULTS
+from kdjax.train.loop import base_config
+
+TASK = "kdjax.distill.task:Distillation"
+
+
+def parse_args(arg: str | None) -> dict[str, str]:
+    """Variant args 'a=1,b,c=x' -> {'a': '1', 'b': '1', 'c': 'x'}."""
+    out = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        out[key.strip()] = value.strip() or "1"
+    return out
+
+
+def student_layers_arg(value: str) -> int:
+    """'2L' or '2' -> 2 (the `student=` variant arg)."""
+    return int(value.rstrip("Ll"))
+
+
+def _field(name: str, value):
+    """None defaults become typed references, so `--config.distill.student.hidden_size=384` parses."""
+    if value is not None:
+        return value
+    return ml_collections.FieldReference(None, field_type=tuple if name.startswith("conv_") else int)
+
+
+def distill_config() -> ml_collections.ConfigDict:
+    """The loop's base config plus every config.distill field at its DistilHuBERT default."""
+    config = base_config()
+    config.task = TASK
+    loss = {k: (list(v) if isinstance(v, tuple) else v) for k, v in LossConfig().__dict__.items()}
+    student = ml_collections.ConfigDict({k: _field(k, v) for k, v in STUDENT_DEFAULTS.items()})
+    config.distill = ml_collections.ConfigDict(dict(
+        teacher="facebook/hubert-base-ls960", teacher_dtype="float32",
+        student=student,
+        loss=ml_collections.ConfigDict(loss),
+        feature_grad_mult=0.1,
+        dataset="librispeech", train_split="train_clean_100+train_clean_360+train_other_500",
+        eval_split="dev_clean", data_dir=ml_collections.FieldReference(None, field_type=str),
+        max_seconds=15.6, eval_utterances=256, export_dir="student_hf",
+    ))
+    return config
+
+
+def paper_config(arg: str | None, teacher: str) -> ml_collections.ConfigDict:
+    """DistilHuBERT's setting (s3prl config_model.yaml / config_runner.yaml, targets 4, 8, 12) for a base teacher.
+
+    Variant args: student=<N>L, steps=N, bf16, hint, runlocal (see configs/distill_hubert_base.py).
+    """
+    args = parse_args(arg)
+    config = distill_config()
+    config.distill.teacher = teacher
+    config.seed = 0
+    config.total_steps = int(args.get("steps", 200_000))
+    config.batch_size = 24
+    config.log_every = 50
+    config.eval_every = 10_000
+    config.checkpoint.save_every = 10_000
+    config.checkpoint.keep = 3
+    if "student" in args:
+        config.distill.student.num_hidden_layers = student_layers_arg(args["student"])
+    if "bf16" in args:
+        config.distill.teacher_dtype = "bfloat16"
+    if "hint" in args:
+        n = config.distill.student.num_hidden_layers
+        config.distill.loss.mode = "hint"
+        config.distill.loss.student_layers = list(range(1, n + 1))
+        config.distill.loss.target_layers = [12 * i // n for i in range(1, n + 1)]
+    if "runlocal" in args:
+        config.total_steps = int(args.get("steps", 4))
+        config.batch_size = 8
+        config.log_every = 2
+        config.eval_every = 0
+        config.checkpoint.save_every = 1000
+        config.progress = False
+        config.distill.update(dataset="synthetic_speech/unlabeled_tiny", train_split="train",
+                              eval_split="validation", max_seconds=1.0, eval_utterances=8)
+    return config
