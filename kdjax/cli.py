@@ -20,6 +20,12 @@ def _prepare(args: argparse.Namespace) -> int:
                        skip_bad_examples=args.skip_bad_examples, num_workers=args.num_workers)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from kdjax.eval.report import report_main
+
+    return report_main(args.workdirs, args.out_dir)
+
+
 def _convert(args: argparse.Namespace) -> int:
     import kdjax
 
@@ -52,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_bad_examples", action="store_true", help="skip (and count) bad clips instead of failing")
     p.add_argument("--num_workers", type=int, default=None, help="generation processes (default: all cores)")
     p.set_defaults(fn=_prepare)
+
+    p = sub.add_parser("report", help="collect results.json of runs into a table (Markdown, JSON) and plots")
+    p.add_argument("workdirs", nargs="+", help="run workdirs (each holding results.json)")
+    p.add_argument("--out_dir", default=None, help="where report.md/json and PNGs go (default: <parent>/report)")
+    p.set_defaults(fn=_report)
 
     p = sub.add_parser("convert", help="load an HF checkpoint with kdjax and write it back in HF format")
     p.add_argument("src")

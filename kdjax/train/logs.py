@@ -32,12 +32,15 @@ class RunLogger:
     def __init__(self, workdir: str, *, total_steps: int, initial_step: int, enabled: bool, progress: bool):
         self.enabled = enabled
         self.writer = None
+        self.history = None
         self.bar = None
         if not enabled:
             return
         from tensorboardX import SummaryWriter
 
         self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+        # One JSON object a line ({"step", "train/..." | "eval/..."}): training curves for `kdjax report`.
+        self.history = open(os.path.join(workdir, "metrics.jsonl"), "a")
         if progress:
             from tqdm import tqdm
 
@@ -66,6 +69,8 @@ class RunLogger:
             if math.isfinite(v):
                 self.writer.add_scalar(f"{prefix}/{k}", v, step)
         self.writer.flush()
+        self.history.write(json.dumps({"step": step, **{f"{prefix}/{k}": float(v) for k, v in metrics.items()}}) + "\n")
+        self.history.flush()
 
     def train(self, step: int, total: int, metrics: Mapping[str, float], steps_per_s: float,
               audio_per_s: float) -> None:
@@ -91,6 +96,7 @@ class RunLogger:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+            self.history.close()
 
 
 def write_json(path: str, payload: Any) -> None:

@@ -50,7 +50,8 @@ class Task(Protocol):
       eval_data() -> Iterable[HostBatch] | dict[str, Iterable[HostBatch]] | None: a fresh iterable per call;
           every process must yield the same number of equally sized batches.
       audio_seconds(host_batch) -> float: seconds of audio in this process's batch (for audio-s/s).
-      export(state, workdir) -> None: called once at the end (on the best checkpoint when best_metric is set).
+      export(state, workdir) -> dict | None: called once at the end (on the best checkpoint when best_metric is
+          set); a returned dict (e.g. test metrics) is merged into results.json.
       state_sharding(abstract_state, mesh) -> pytree of NamedSharding (default: sharding.state_sharding).
       best_metric: str (an evaluate() key, flattened) and best_mode: "max" | "min"; config.checkpoint.best_metric
           overrides them ("" = the task's, "none" = no best tracking).
@@ -243,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.wait()
     timings["checkpoint_s"] += time.time() - t
 
-    best = None
+    best, exported = None, None
     if not preempted:
         export_state, export_step = state, step
         if best_metric and ckpt.best_step() not in (None, step):
@@ -251,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             export_state, _ = ckpt.restore(abstract, export_step)
         best = {"metric": best_metric, "mode": best_mode, "step": export_step} if best_metric else None
         if hasattr(task, "export"):
-            task.export(export_state, workdir)
+            exported = task.export(export_state, workdir)
     ckpt.close()
     logger.close()
     timings["total_s"] = time.time() - t0
@@ -263,6 +264,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "audio_seconds_per_s": timed_audio / max(timings["train_s"], 1e-9)},
         "config": config.to_dict(),
     }
+    if isinstance(exported, Mapping):  # e.g. test-set metrics evaluated on the exported (best) state
+        results.update(exported)
     if main_process:
         write_json(os.path.join(workdir, "results.json"), results)
     return results

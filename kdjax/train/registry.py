@@ -13,6 +13,7 @@ from kdjax.errors import ConfigError
 TASKS: dict[str, str] = {
     "toy_regression": "kdjax.train.toy:ToyRegression",
     "pretrain_hubert": "kdjax.pretrain.task:HubertPretraining",
+    "finetune": "kdjax.finetune.task:FineTune",
 }
 
 

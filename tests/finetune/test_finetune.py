@@ -1,0 +1,116 @@
+"""Fine-tuning: frozen vs fine-tuned encoders, multi-task steps, test metrics in results.json, resume, bad configs."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from kdjax.errors import ConfigError
+from kdjax.eval.report import build_report
+from kdjax.finetune.config import make_config
+from kdjax.finetune.task import FineTune
+from kdjax.train.loop import train_and_evaluate
+from tests import hf_utils
+
+BASE_CONV = dict(conv_dim=(32,) * 7, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    return str(hf_utils.save_tiny(tmp_path_factory.mktemp("enc") / "teacher_hf", "hubert_base_like", **BASE_CONV))
+
+
+def _config(mode, args, encoder, data_dir):
+    config = make_config(mode, f"runlocal,encoder={encoder},{args}")
+    config.finetune.data_dir = data_dir
+    return config
+
+
+def _steps(task, config, n):
+    state = jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(0))
+    before = jax.tree.map(np.asarray, state.params)
+    its = task.train_data()
+    step = jax.jit(task.train_step)
+    for _ in range(n):
+        state, metrics = step(state, {k: next(it) for k, it in its.items()})
+    assert np.isfinite(float(metrics["loss"]))
+    return before, jax.tree.map(np.asarray, state.params)
+
+
+def _changed(before, after):
+    return [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
+
+
+def test_frozen_encoder_stays_bit_identical_while_heads_train(tiny_encoder, tiny_data_dir):
+    config = _config("kws", "frozen=True", tiny_encoder, tiny_data_dir)
+    before, after = _steps(FineTune(config), config, 3)
+    assert not any(_changed(before["encoder"], after["encoder"]))
+    assert all(_changed(before["kws"]["head"], after["kws"]["head"]))
+    assert _changed(before["kws"]["featurizer"], after["kws"]["featurizer"]) == [True]
+
+
+def test_multitask_step_changes_both_heads_and_the_shared_encoder(tiny_encoder, tiny_data_dir):
+    config = _config("multitask", "frozen=False", tiny_encoder, tiny_data_dir)
+    before, after = _steps(FineTune(config), config, 2)
+    assert any(_changed(before["kws"], after["kws"])) and any(_changed(before["sv"], after["sv"]))
+    assert any(_changed(before["encoder"]["layers"], after["encoder"]["layers"]))
+    # the conv feature encoder stays frozen by default when fine-tuning
+    assert not any(_changed(before["encoder"]["feature_encoder"], after["encoder"]["feature_encoder"]))
+
+
+def test_pretrained_weights_are_loaded_into_the_encoder(tiny_encoder, tiny_data_dir):
+    import kdjax
+
+    config = _config("kws", "", tiny_encoder, tiny_data_dir)
+    task = FineTune(config)
+    state = jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(0))
+    reference = nnx.state(kdjax.from_pretrained(tiny_encoder), nnx.Param)
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(state.params["encoder"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_multitask_run_writes_test_metrics_the_report_reads(tiny_encoder, tiny_data_dir, tmp_path):
+    config = _config("multitask", "frozen=False,name=tiny,role=teacher", tiny_encoder, tiny_data_dir)
+    results = train_and_evaluate(config, str(tmp_path / "mt"))
+    saved = json.loads((tmp_path / "mt" / "results.json").read_text())
+    for key in ("kws/test/accuracy", "sv/test/eer", "sv/test/mindcf_0.01", "sv/test/mindcf_0.05"):
+        assert 0.0 <= saved["metrics"][key] <= 1.0 and saved["metrics"][key] == results["metrics"][key]
+    assert np.asarray(saved["confusion_matrix"]).shape == (12, 12)
+    assert np.asarray(saved["confusion_matrix"]).sum() == 12  # every kws_tiny test clip once
+    assert len(saved["sv_scores"]["scores"]) == len(saved["sv_scores"]["labels"]) > 0
+    assert saved["model"]["name"] == "tiny" and saved["encoder"] == "finetuned" and saved["task"] == "multitask"
+    table = build_report([str(tmp_path / "mt")], str(tmp_path / "report"))
+    assert (tmp_path / "report" / "report.md").exists() and table
+
+
+def test_resume_mid_finetuning_gives_the_same_final_metrics(tiny_encoder, tiny_data_dir, tmp_path):
+    straight = train_and_evaluate(_config("kws", "steps=6", tiny_encoder, tiny_data_dir), str(tmp_path / "a"))
+    train_and_evaluate(_config("kws", "steps=3", tiny_encoder, tiny_data_dir), str(tmp_path / "b"))
+    resumed = train_and_evaluate(_config("kws", "steps=6", tiny_encoder, tiny_data_dir), str(tmp_path / "b"))
+    assert resumed["resumed_from"] == 3
+    assert resumed["metrics"] == straight["metrics"] and resumed["confusion_matrix"] == straight["confusion_matrix"]
+
+
+@pytest.mark.parametrize("args,field", [("init=sideways", "finetune.init"), ("frozen=True,init=random", "")])
+def test_bad_configs_name_the_field(tiny_encoder, tiny_data_dir, args, field):
+    config = _config("kws", args, tiny_encoder, tiny_data_dir)
+    config.finetune.frozen = "frozen=True" in args
+    with pytest.raises(ConfigError, match=field or "random features"):
+        FineTune(config)
+
+
+def test_unknown_mode_and_missing_encoder_are_named(tiny_encoder, tiny_data_dir, tmp_path):
+    config = _config("kws", "", tiny_encoder, tiny_data_dir)
+    config.finetune.mode = "asr"
+    with pytest.raises(ConfigError, match="config.finetune.mode='asr'"):
+        FineTune(config)
+    with pytest.raises(ConfigError, match="config.finetune.encoder=.*student_hf/ or teacher_hf/"):
+        FineTune(_config("kws", "", str(tmp_path), tiny_data_dir))
+
+
+def test_mismatched_label_set_names_the_labels(tiny_encoder, tiny_data_dir):
+    config = _config("kws", "", tiny_encoder, tiny_data_dir)
+    config.finetune.labels = ["yes", "no", "maybe"]
+    with pytest.raises(ConfigError, match=r"labels not in the dataset \['maybe'\].*'up'"):
+        FineTune(config)
