@@ -1,0 +1,94 @@
+"""Distillation through the training loop on a tiny teacher and the tiny synthetic corpus."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from kdjax.distill.task import scale_feature_encoder_grads
+from kdjax.errors import ConfigError
+from kdjax.train.loop import train_and_evaluate
+from tests.hf_utils import save_tiny
+
+
+def _config(arg, teacher, data_dir):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "distill_tiny.py")
+    spec = importlib.util.spec_from_file_location("distill_tiny_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    config.distill.teacher = str(teacher)
+    config.distill.data_dir = data_dir
+    return config
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    # 80-sample frames (HuBERT's are 320): 200 frames a second keep the attention, and the test, fast.
+    return save_tiny(tmp_path_factory.mktemp("teacher"), "hubert_base_like", seed=3, conv_stride=(5, 4, 4))
+
+
+def _eval_loss(config, params_state=None):
+    """Validation loss of a fresh (untrained) task state, evaluated outside the loop."""
+    from kdjax.distill.task import Distillation
+    from kdjax.train import sharding
+
+    task = Distillation(config)
+    state = jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(int(config.seed)))
+    mesh = sharding.make_mesh(config.get("mesh"))
+    data = (sharding.to_global(b, mesh) for b in task.eval_data())
+    return task.evaluate(state, data)["validation"]["loss"]
+
+
+def test_short_run_lowers_the_loss_and_exports_a_loadable_student(teacher, tiny_data_dir, tmp_path):
+    import torch
+    import transformers
+
+    import kdjax
+
+    config = _config("runlocal,steps=40", teacher, tiny_data_dir)
+    config.optim.lr = 5e-3
+    config.optim.warmup_frac = 0.0
+    config.log_every = 8
+    before = _eval_loss(config)
+    results = train_and_evaluate(config, str(tmp_path))
+    assert results["final_step"] == 40
+    after = results["eval"]["validation/loss"]
+    print(f"validation loss: {before:.4f} at step 0, {after:.4f} at step 40")
+    assert after < 0.7 * before, (before, after)
+    assert results["distill"]["student_params"] < results["distill"]["teacher_params"]
+    assert set(results["eval"]) >= {"validation/loss", "validation/l1/l1", "validation/cos/l3"}
+    assert set(results["train"]) >= {"loss", "l1/l1", "l1/l2", "l1/l3", "cos/l1", "grad_norm", "lr"}
+    student_dir = tmp_path / "student_hf"
+    model, info = transformers.HubertModel.from_pretrained(student_dir, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert model.config.num_hidden_layers == 2 and not model.config.feat_proj_layer_norm
+    ours = kdjax.from_pretrained(student_dir)
+    x = np.random.default_rng(0).standard_normal((1, 8000)).astype(np.float32)
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).last_hidden_state.numpy()
+    assert np.abs(np.asarray(ours(x).last_hidden_state) - ref).max() < 1e-3
+
+
+def test_feature_grad_mult_scales_only_the_conv_stack():
+    grads = {"student": {"feature_encoder": {"w": np.ones(2)}, "layers": {"w": np.ones(2)}},
+             "heads": {"feature_encoder": {"w": np.ones(2)}}}
+    out = scale_feature_encoder_grads(grads, 0.1)
+    np.testing.assert_allclose(out["student"]["feature_encoder"]["w"], 0.1)
+    np.testing.assert_allclose(out["student"]["layers"]["w"], 1.0)
+    np.testing.assert_allclose(out["heads"]["feature_encoder"]["w"], 1.0)
+
+
+def test_unknown_distill_field_is_named(teacher, tiny_data_dir):
+    from kdjax.distill.task import Distillation
+
+    config = _config("runlocal", teacher, tiny_data_dir)
+    config.distill.teachr_dtype = "bfloat16"
+    with pytest.raises(ConfigError, match="teachr_dtype"):
+        Distillation(config)
+    config = _config("runlocal", teacher, tiny_data_dir)
+    config.distill.loss.target_layers = [1, 2, 4]  # the tiny teacher has 3 layers
+    with pytest.raises(ConfigError, match=r"config\.distill\.loss\.target_layers has 4"):
+        Distillation(config)
