@@ -30,6 +30,7 @@ def get_config(arg=None):
     config.optim.lr = 5e-4
     d = config.distill
     d.teacher = "runs/pretrain_tiny_hubert/teacher_hf"
+    teacher_layers = 8
     d.loss.target_layers = [2, 4, 8]
     d.update(dataset="synthetic_speech/unlabeled", train_split="train", eval_split="validation", max_seconds=3.0,
              eval_utterances=64)
@@ -37,17 +38,18 @@ def get_config(arg=None):
         d.student.num_hidden_layers = student_layers_arg(args["student"])
     if "random" in args:
         d.student.init = "random"
-    if "hint" in args:
-        n = d.student.num_hidden_layers
-        d.loss.mode = "hint"
-        d.loss.student_layers = list(range(1, n + 1))
-        d.loss.target_layers = [8 * i // n for i in range(1, n + 1)]
     if "runlocal" in args:
         config.total_steps = int(args.get("steps", 6))
         config.log_every = 2
         config.eval_every = 0
         config.checkpoint.save_every = 1000
         config.progress = False
+        teacher_layers = 3  # the tests' tiny teacher (tests/hf_utils.py)
         d.loss.target_layers = [1, 2, 3]
         d.update(dataset="synthetic_speech/unlabeled_tiny", max_seconds=1.0, eval_utterances=8)
+    if "hint" in args:
+        n = d.student.num_hidden_layers
+        d.loss.mode = "hint"
+        d.loss.student_layers = list(range(1, n + 1))
+        d.loss.target_layers = [teacher_layers * i // n for i in range(1, n + 1)]
     return config

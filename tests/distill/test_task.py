@@ -92,3 +92,27 @@ def test_unknown_distill_field_is_named(teacher, tiny_data_dir):
     config.distill.loss.target_layers = [1, 2, 4]  # the tiny teacher has 3 layers
     with pytest.raises(ConfigError, match=r"config\.distill\.loss\.target_layers has 4"):
         Distillation(config)
+
+
+@pytest.mark.parametrize("variant", ["hint_bf16", "frozen_conv"])
+def test_step_variants_run_and_leave_the_teacher_alone(variant, teacher, tiny_data_dir):
+    """Hint mode with a bfloat16 teacher, and feature_grad_mult=0: one jitted step each; the teacher never changes."""
+    from kdjax.distill.task import Distillation
+    from tests.hf_utils import batch
+
+    config = _config("runlocal,hint" if variant == "hint_bf16" else "runlocal", teacher, tiny_data_dir)
+    if variant == "hint_bf16":
+        config.distill.teacher_dtype = "bfloat16"
+    if variant == "frozen_conv":
+        config.distill.feature_grad_mult = 0.0
+    task = Distillation(config)
+    state = jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(0))
+    x, mask = batch(lengths=(1600, 1200))
+    new, metrics = jax.jit(task.train_step)(state, {"input_values": x, "attention_mask": mask})
+    assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
+    for a, b in zip(jax.tree.leaves(state.extra), jax.tree.leaves(new.extra)):
+        np.testing.assert_array_equal(a, b)
+    conv_before = jax.tree.leaves(state.params["student"]["feature_encoder"])
+    conv_after = jax.tree.leaves(new.params["student"]["feature_encoder"])
+    changed = any(not np.array_equal(a, b) for a, b in zip(conv_before, conv_after))
+    assert changed == (variant != "frozen_conv")
