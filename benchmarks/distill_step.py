@@ -1,0 +1,160 @@
+"""One DistilHuBERT step, kdjax vs PyTorch (transformers), same process: HuBERT-base teacher (random weights) forward
+to layer 12, 2-layer 768-d student forward/backward, prediction heads for layers 4/8/12, L1 + cosine loss, AdamW.
+
+Run: .venv/bin/python benchmarks/distill_step.py [--batch 4] [--seconds 2] [--repeats 5]
+                                                  [--teacher_dtype bfloat16] [--feature_grad_mult 0.1] [--remat]
+     XLA_FLAGS=--xla_cpu_use_thunk_runtime=false .venv/bin/python benchmarks/distill_step.py   # XLA flag trials
+Prints the median of `repeats` timed steps after warm-up for each side, audio-seconds per second, the ratio, and the
+model FLOPs utilisation against this CPU's matmul peak (measured here with a large float32 jnp matmul). Model FLOPs
+are XLA's cost analysis of the kdjax step (the same math as the PyTorch step).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (and compilation for JAX)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a float32 [n, n] @ [n, n] jnp matmul (median)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    t = _median_time(lambda: f(a).block_until_ready(), repeats)
+    return 2 * n ** 3 / t
+
+
+def kdjax_step(args, x: np.ndarray, mask: np.ndarray):
+    """(step function, its compiled FLOPs) for the kdjax distillation step."""
+    import jax
+    import ml_collections
+    from flax import nnx
+
+    from kdjax.distill.losses import LossConfig, make_heads
+    from kdjax.distill.student import build_student, student_config
+    from kdjax.distill.task import make_train_step
+    from kdjax.models.config import preset
+    from kdjax.models.encoder import Encoder
+    from kdjax.train import optim
+    from kdjax.train.state import TrainState
+
+    t_cfg = preset("facebook/hubert-base-ls960", dtype=args.teacher_dtype, mask_time_prob=0.0)
+    s_cfg = student_config(t_cfg, {"remat": args.remat, "init": "random"})
+    loss_cfg = LossConfig()
+    teacher = Encoder(t_cfg, rngs=nnx.Rngs(0))
+    student = build_student(s_cfg, None, "random", nnx.Rngs(1))
+    heads = make_heads(loss_cfg, s_cfg, t_cfg, rngs=nnx.Rngs(2))
+    opt = optim.make_optimizer(ml_collections.ConfigDict(optim.default_config()), total_steps=1000)
+    t_def, t_params = nnx.split(teacher, nnx.Param)
+    s_def, s_params = nnx.split(student, nnx.Param)
+    h_def, h_params = nnx.split(heads, nnx.Param)
+    params = {"student": s_params, "heads": h_params}
+    state = TrainState.create(params, opt.tx.init(params), jax.random.PRNGKey(0), extra={"teacher": t_params})
+    step = jax.jit(make_train_step(s_def, h_def, t_def, loss_cfg, opt.tx, feature_grad_mult=args.feature_grad_mult))
+    batch = {"input_values": jax.numpy.asarray(x), "attention_mask": jax.numpy.asarray(mask)}
+    compiled = step.lower(state, batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    holder = {"state": state}
+
+    def run():
+        new_state, metrics = step(holder["state"], batch)
+        jax.block_until_ready(metrics["loss"])
+        holder["state"] = new_state  # no donation: the old state stays valid, as in the PyTorch loop
+
+    return run, flops
+
+
+def torch_step(args, x: np.ndarray, mask: np.ndarray):
+    """The same step in PyTorch: transformers HubertModel teacher/student, s3prl-style heads, AdamW."""
+    import torch
+    import transformers
+
+    base = transformers.HubertConfig()  # hubert-base-ls960 shapes
+    teacher = transformers.HubertModel(base).eval()
+    s_conf = transformers.HubertConfig(num_hidden_layers=2, feat_proj_layer_norm=False, feat_proj_dropout=0.0,
+                                       layerdrop=0.0, mask_time_prob=0.0)
+    student = transformers.HubertModel(s_conf).train()
+    n, d = 3, 768
+    expand = torch.nn.Linear(d, d * n)
+    split_w = torch.nn.Parameter(torch.empty(n, d, d).uniform_(-d ** -0.5, d ** -0.5))
+    split_b = torch.nn.Parameter(torch.empty(n, d).uniform_(-d ** -0.5, d ** -0.5))
+    params = list(student.parameters()) + list(expand.parameters()) + [split_w, split_b]
+    opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-6)
+    xt, mt = torch.from_numpy(x), torch.from_numpy(mask).long()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def run():
+        with torch.no_grad():
+            hs = teacher(xt, attention_mask=mt, output_hidden_states=True).hidden_states
+            target = torch.stack([hs[i] for i in (4, 8, 12)], 1)  # B x N x T x D
+        h = student(xt, attention_mask=mt).last_hidden_state
+        b, t, _ = h.shape
+        z = torch.nn.functional.gelu(expand(h)).reshape(b, t, n, 1, d)
+        pred = (torch.einsum("btnim,nmo->btnio", z, split_w).squeeze(3) + split_b).permute(0, 2, 1, 3)
+        rec = (pred - target).abs().mean()
+        sim = -torch.nn.functional.logsigmoid(torch.nn.functional.cosine_similarity(pred, target, dim=-1)).mean()
+        loss = rec + sim
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--teacher_dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--feature_grad_mult", type=float, default=0.1)
+    parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--skip_torch", action="store_true")
+    args = parser.parse_args()
+
+    import jax
+
+    samples = int(args.seconds * 16000)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((args.batch, samples)).astype(np.float32)
+    mask = np.ones((args.batch, samples), np.int32)
+    audio = args.batch * args.seconds
+
+    peak = matmul_peak()
+    run_jax, flops = kdjax_step(args, x, mask)
+    t_jax = _median_time(run_jax, args.repeats)
+    print(f"device: {jax.devices()[0].device_kind}, matmul peak {peak / 1e9:.0f} GFLOP/s (f32, jnp 2048^2)")
+    print(f"kdjax   step: {t_jax:.3f} s  {audio / t_jax:6.2f} audio-s/s  "
+          f"{flops / 1e9:.0f} GFLOP  MFU {flops / t_jax / peak:.1%}  (teacher {args.teacher_dtype}, "
+          f"feature_grad_mult {args.feature_grad_mult}, remat {args.remat})")
+    if args.skip_torch:
+        return
+    import torch
+
+    run_torch = torch_step(args, x, mask)
+    t_torch = _median_time(run_torch, args.repeats)
+    print(f"PyTorch step: {t_torch:.3f} s  {audio / t_torch:6.2f} audio-s/s  MFU {flops / t_torch / peak:.1%}  "
+          f"({torch.get_num_threads()} threads)")
+    print(f"ratio kdjax / PyTorch step time: {t_jax / t_torch:.2f} (target <= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
