@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         task="", seed=0, total_steps=1000, batch_size=32, log_every=50, eval_every=0, progress=True,
         distributed=False,
-        mesh=dict(fsdp=1, fsdp_min_size=2**14),
+        mesh=dict(fsdp=1, fsdp_min_size=2**14, devices=0),
         checkpoint=dict(save_every=1000, keep=3, async_save=True, best_metric="", best_mode=""),
         optim=optim.default_config(),
     ))

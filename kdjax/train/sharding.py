@@ -40,7 +40,14 @@ def maybe_initialize_distributed(config: Any = None) -> bool:
 
 
 def make_mesh(mesh_config: Any = None, devices: list | None = None) -> Mesh:
-    """A ("data", "fsdp") mesh over `devices` (default: every device of every process); fsdp size from config."""
+    """A ("data", "fsdp") mesh over `devices` (default: every device of every process, or the first
+    `config.mesh.devices` of a single process); fsdp size from config."""
+    count = int(getattr(mesh_config, "devices", 0) or 0) if mesh_config is not None else 0
+    if devices is None and count > 0:  # a subset of this process's devices (single-process runs)
+        if jax.process_count() > 1 or count > jax.device_count():
+            raise ConfigError(f"config.mesh.devices={count}: expected 0 (all devices) or at most "
+                              f"{jax.device_count()} in a single-process run")
+        devices = jax.devices()[:count]
     devices = list(jax.devices() if devices is None else devices)
     fsdp = int(getattr(mesh_config, "fsdp", 1) or 1) if mesh_config is not None else 1
     if fsdp < 1 or len(devices) % fsdp:

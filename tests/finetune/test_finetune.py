@@ -24,6 +24,9 @@ def tiny_encoder(tmp_path_factory):
 def _config(mode, args, encoder, data_dir):
     config = make_config(mode, f"runlocal,encoder={encoder},{args}")
     config.finetune.data_dir = data_dir
+    # One device: XLA's CPU compile of these steps partitioned over 8 forced devices takes minutes; sharded
+    # training itself is tested in tests/train.
+    config.mesh.devices = 1
     return config
 
 

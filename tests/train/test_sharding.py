@@ -62,3 +62,14 @@ def test_to_global_splits_rows_over_all_devices():
 def test_bad_fsdp_size_names_the_field():
     with pytest.raises(ConfigError, match="config.mesh.fsdp=3"):
         sharding.make_mesh(toy_config("--config.mesh.fsdp=3").mesh)
+
+
+def test_mesh_devices_selects_a_subset_and_names_a_bad_count():
+    import ml_collections
+
+    from kdjax.errors import ConfigError
+
+    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(fsdp=1, devices=2)))
+    assert mesh.devices.size == 2
+    with pytest.raises(ConfigError, match=r"config.mesh.devices=99"):
+        sharding.make_mesh(ml_collections.ConfigDict(dict(fsdp=1, devices=99)))
