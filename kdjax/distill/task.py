@@ -65,7 +65,7 @@ def make_train_step(student_def: Any, heads_def: Any, teacher_def: Any, loss_cfg
             grads = scale_feature_encoder_grads(grads, feature_grad_mult)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         if lr_fn is not None:
             metrics["lr"] = lr_fn(state.step)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics

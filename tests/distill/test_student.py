@@ -101,3 +101,22 @@ def test_copy_refuses_mismatched_shapes():
     with pytest.raises(ConfigError, match="intermediate_size"):
         copy_from_teacher(student, teacher)
     assert student_settings(None)["num_hidden_layers"] == 2
+
+
+@pytest.mark.parametrize("name, teacher", [("distill_hubert_base", "facebook/hubert-base-ls960"),
+                                           ("distill_wav2vec2_base", "facebook/wav2vec2-base")])
+def test_paper_config_files_give_the_paper_student(name, teacher):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(None)
+    assert config.distill.teacher == teacher and list(config.distill.loss.target_layers) == [4, 8, 12]
+    t = preset(teacher)
+    s = student_config(t, dict(config.distill.student))
+    LossConfig.from_fields(dict(config.distill.loss)).validate(s, t)
+    assert abs(_count(s) - 23.5e6) <= 0.1e6 and 1 - _count(s) / _count(t) >= 0.75
+    assert student_config(t, dict(module.get_config("student=4L").distill.student)).num_hidden_layers == 4
