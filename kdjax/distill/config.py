@@ -1,6 +1,6 @@
 """The config fields of the distillation task (config.distill), shared by configs/distill_*.py.
 
-    config.task                      "kdjax.distill.task:Distillation"
+    config.task                      "distill" (kdjax.distill.task:Distillation)
     config.distill.teacher           HF checkpoint folder, or a repo id found in the local HF cache (never downloaded)
     config.distill.teacher_dtype     "float32" | "bfloat16": the teacher's compute dtype (its params stay float32)
     config.distill.student.*         kdjax.distill.student.STUDENT_DEFAULTS (None = the teacher's value), incl. init
@@ -18,7 +18,7 @@ from kdjax.distill.losses import LossConfig
 from kdjax.distill.student import STUDENT_DEFAULTS
 from kdjax.train.loop import base_config
 
-TASK = "kdjax.distill.task:Distillation"
+TASK = "distill"
 
 
 def parse_args(arg: str | None) -> dict[str, str]:

@@ -14,6 +14,7 @@ TASKS: dict[str, str] = {
     "toy_regression": "kdjax.train.toy:ToyRegression",
     "pretrain_hubert": "kdjax.pretrain.task:HubertPretraining",
     "finetune": "kdjax.finetune.task:FineTune",
+    "distill": "kdjax.distill.task:Distillation",
 }
 
 
