@@ -16,8 +16,10 @@ No TensorFlow is imported on this path (tfds.data_source reads ArrayRecord and d
 Batches from `train_iterator`: "input_values" float32 [b, max_samples] (random crop when longer, zero pad when
 shorter, zero-mean unit-variance over valid samples when normalize), "attention_mask" int32 [b, max_samples],
 "speaker" int32 [b] (index into metadata(name)["speakers"]; -1 where a clip has none) and "label" int32 [b] where the
-dataset has labels. Each process reads the examples process_index::process_count of the split; batch_size is
-per process; the last incomplete batch is dropped. Crop offsets come from grain's per-index seeded RNG, so a batch
+dataset has labels. batch_size is per process: the global batch s is rows [s*G, (s+1)*G) of one seeded stream over
+the whole split (G = batch_size * process_count) and process p reads only its block of b rows of it, so the global
+batches (and, with min_samples=0, the iterator states) do not depend on the process count; the last incomplete
+global batch is dropped. Crop offsets come from grain's per-index seeded RNG, so a batch
 depends only on (seed, step). For SV the class of an utterance is "speaker": training speakers are numbered
 0..metadata(name)["num_train_speakers"]-1.
 """
@@ -94,10 +96,11 @@ def train_iterator(source: Sequence[dict], *, batch_size: int, max_samples: int,
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    if len(ds) < batch_size:
-        raise DatasetError(f"process {process_index}/{process_count} has {len(ds)} examples, fewer than "
-                           f"batch_size={batch_size}")
+    ds = grain.MapDataset.source(source)
+    global_batch = batch_size * process_count
+    if len(ds) < global_batch:
+        raise DatasetError(f"the split has {len(ds)} examples, fewer than the global batch {global_batch} "
+                           f"(batch_size={batch_size} x {process_count} processes)")
     if min_samples:
         ds = ds.filter(lambda ex: ex["audio"].shape[0] >= min_samples)  # Nones are dropped by to_iter_dataset
     if shuffle:
@@ -108,10 +111,30 @@ def train_iterator(source: Sequence[dict], *, batch_size: int, max_samples: int,
         start = int(rng.integers(0, max(ex["audio"].shape[0] - max_samples, 0) + 1))
         return _example(ex, max_samples, start, normalize)
 
-    ds = ds.random_map(crop, seed=seed)
+    ds = ds.random_map(crop, seed=seed)  # the global stream: row i depends only on (seed, i)
+    ds = _process_rows(ds, batch_size, process_index, process_count)
     threads = min(8, os.cpu_count() or 1)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * batch_size))
     return iter(it_ds.batch(batch_size, drop_remainder=True))
+
+
+def _process_rows(ds: grain.MapDataset, batch_size: int, process_index: int, process_count: int) -> grain.MapDataset:
+    """This process's rows of each global batch of the stream `ds`, laid out so iterator states are topology-free.
+
+    Global batch s is rows [s*G, (s+1)*G) of `ds` (G = batch_size * process_count); process p reads only its block
+    [s*G + p*b, s*G + (p+1)*b). Index i of the result is row i of block i // G: None (skipped, nothing read) for the
+    first G - b positions, then this process's b rows. A grain iterator over it stands at next_index = s*G after s
+    batches on every process and for every process count, so a checkpoint restores on another topology.
+    """
+    g, b = batch_size * process_count, batch_size
+    if process_count == 1:
+        return ds
+
+    def row(i: int) -> Any:
+        s, r = divmod(i, g)
+        return None if r < g - b else ds[s * g + process_index * b + r - (g - b)]
+
+    return grain.MapDataset.range((len(ds) // g) * g).map(row)
 
 
 def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | None = None,

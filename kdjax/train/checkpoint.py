@@ -7,8 +7,9 @@
     ckpt.wait(); ckpt.close()
 
 Layout: <directory>/<step>/{state/ (orbax PyTree of the TrainState), data/process_<i>-of-<n>.json, ...}.
-Each process writes the states of its own iterators (grain `get_state()` dicts) as JSON; a restore needs the same
-process count. Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` only once every
+Each process writes the states of its own iterators (grain `get_state()` dicts) as JSON. A restore with another
+process count is possible when every process of the saved run holds the same states (kdjax.data.pipeline's train
+iterators do: their state is a position in the global stream); arrays are resharded by orbax onto the new mesh. Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it to `<step>` only once every
 item is complete, so a checkpoint cut short by a kill is never listed, never restored, and is deleted when the
 next manager opens the directory (cleanup_tmp_directories). Saves are asynchronous: arrays are copied to host
 before `save` returns (the next step may donate them) and written in the background; `wait()` blocks until done.
@@ -44,12 +45,17 @@ class IteratorStatesHandler(ocp.CheckpointHandler):
         self._file(directory).write_text(json.dumps(args.states, sort_keys=True))
 
     def restore(self, directory: epath.Path, args: "IteratorStatesRestore | None" = None) -> dict[str, Any]:
-        """Read this process's iterator states."""
+        """Read this process's iterator states (or, from another process count, the states all its processes share)."""
         path = self._file(directory)
-        if not path.exists():
-            raise CheckpointError(f"{path} does not exist: the checkpoint was written by a different number of "
-                                  f"processes than {jax.process_count()}")
-        return json.loads(path.read_text())
+        if path.exists():
+            return json.loads(path.read_text())
+        files = sorted(epath.Path(directory).glob("process_*-of-*.json"))
+        states = [json.loads(f.read_text()) for f in files]
+        if states and all(s == states[0] for s in states):  # topology-free positions (kdjax.data.pipeline)
+            return states[0]
+        raise CheckpointError(f"{path} does not exist: the checkpoint was written by a different number of "
+                              f"processes than {jax.process_count()} and its per-process iterator states "
+                              f"({[f.name for f in files]}) differ, so they cannot be mapped onto this topology")
 
     def metadata(self, directory: epath.Path) -> None:
         return None
