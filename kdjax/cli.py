@@ -6,10 +6,9 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    print("kdjax demo: the end-to-end demo is not built yet. What exists so far:")
-    print("  kdjax prepare synthetic_speech/kws   prepare a dataset")
-    print("  kdjax convert SRC DST                load an HF checkpoint into kdjax and save it back (parity check)")
-    print("  python -m kdjax.main --config=configs/<experiment>.py --workdir=DIR")
+    from kdjax import demo
+
+    demo.run_demo(args.workdir, full=args.full, size=args.size, pretrain=args.pretrain)
     return 0
 
 
@@ -49,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the paper end to end on the synthetic corpus")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--full", action="store_true", help="run the whole grid, not the default subset")
+    p.add_argument("--size", default="default", choices=["default", "tiny"], help="tiny: the CI smoke test")
+    p.add_argument("--pretrain", action="store_true",
+                   help="pre-train the teacher (configs/pretrain_tiny_hubert.py) instead of using the shipped one")
     p.set_defaults(fn=_demo)
 
     p = sub.add_parser("prepare", help="prepare a dataset (DATASET[/CONFIG]) as ArrayRecord")

@@ -27,7 +27,8 @@ ROLES = ("teacher", "student", "baseline")
 
 
 class ModelInfo(TypedDict, total=False):
-    """`model` of results.json: name (required), params (count), size_mb, role, teacher (its teacher's model name)."""
+    """`model` of results.json: name (required), params (count), size_mb, role, teacher (its teacher's model name),
+    inference_ms_per_s (optional: encoder forward time per second of audio)."""
 
     name: str
     params: int
@@ -120,7 +121,8 @@ def build_table(runs: list[Results]) -> tuple[list[dict[str, Any]], list[str]]:
         m, metrics, role = run["model"], run.get("metrics", {}), run["model"].get("role", "student")
         task = run.get("task")
         row = {"run": run["name"], "model": m["name"], "role": role, "params": m.get("params"),
-               "size_mb": m.get("size_mb"), "encoder": run.get("encoder"), "task": task,
+               "size_mb": m.get("size_mb"), "inference_ms_per_s": m.get("inference_ms_per_s"),
+               "encoder": run.get("encoder"), "task": task,
                "tasks": {"multitask": "multi", "kws": "single", "sv": "single"}.get(task),
                "kws_accuracy": metrics.get(KWS_ACC), "sv_eer": metrics.get(SV_EER),
                "sv_mindcf_0.01": metrics.get(SV_DCF[0]), "sv_mindcf_0.05": metrics.get(SV_DCF[1]),
@@ -148,13 +150,15 @@ def _fmt(v: Any, spec: str) -> str:
 
 def to_markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
     """The table as Markdown (accuracy and EER in %, degradation in percentage points vs the teacher)."""
-    head = ["run", "model", "role", "params (M)", "size (MB)", "encoder", "tasks", "KWS acc (%)", "Δ KWS (pp)",
+    head = ["run", "model", "role", "params (M)", "size (MB)", "ms / audio-s", "encoder", "tasks", "KWS acc (%)",
+            "Δ KWS (pp)",
             "SV EER (%)", "Δ EER (pp)", "minDCF 0.01", "minDCF 0.05"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
         cells = [r["run"], r["model"], r["role"], _fmt(None if r["params"] is None else r["params"] / 1e6, ".2f"),
-                 _fmt(r["size_mb"], ".1f"), r["encoder"] or "–", r["tasks"] or "–",
+                 _fmt(r["size_mb"], ".1f"), _fmt(r.get("inference_ms_per_s"), ".1f"), r["encoder"] or "–",
+                 r["tasks"] or "–",
                  _fmt(pct(r["kws_accuracy"]), ".2f"),
                  _fmt(r["kws_degradation_pp"], "+.2f"), _fmt(pct(r["sv_eer"]), ".2f"),
                  _fmt(r["sv_eer_degradation_pp"], "+.2f"), _fmt(r["sv_mindcf_0.01"], ".3f"),

@@ -47,7 +47,7 @@ def test_report_table_degradation_and_plots(tmp_path, capsys):
     assert s["kws_degradation_vs"] == "hubert_base-mt" and s["tasks"] == "multi"
 
     md = open(os.path.join(out, "report.md")).read()
-    row = "| student4L-mt | student4L | student | 23.00 | 92.0 | finetuned | multi | 93.00 | +3.00 | 8.25 | +3.25"
+    row = "| student4L-mt | student4L | student | 23.00 | 92.0 | – | finetuned | multi | 93.00 | +3.00 | 8.25 | +3.25"
     assert row in md
     assert "metrics.jsonl line 5: not valid JSON" in md  # a bad line is skipped and reported, not fatal
     assert md in capsys.readouterr().out

@@ -1,0 +1,245 @@
+"""`kdjax demo`: the paper end to end, offline, on the synthetic speech corpus, in minutes on a laptop CPU.
+
+Stages (each cached in the workdir: a finished stage is reused when the demo runs again):
+  1. prepare   synthetic_speech/{kws,sv,unlabeled} into WORKDIR/data
+  2. teacher   the small HuBERT teacher shipped with kdjax (made by configs/pretrain_tiny_hubert.py), loaded with
+               kdjax.from_pretrained like any Hugging Face checkpoint; `--pretrain` re-makes it in WORKDIR/pretrain
+  3. distill   DistilHuBERT-style distillation into a 1-layer student (>= 75% fewer parameters)
+  4. finetune  teacher and student on KWS and SV (frozen, SUPERB-style) and multi-task fine-tuned, plus the
+               baseline: the student's architecture trained from scratch on the tasks
+  5. report    WORKDIR/report.md (+ report.json, PNG plots) and a per-stage timing breakdown
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+from typing import Any
+
+from kdjax.errors import ConfigError
+
+TEACHER_ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "teacher_tiny_hubert")
+DATASETS = ("kws", "sv", "unlabeled")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One fine-tuning run of the grid."""
+
+    name: str
+    model: str  # "teacher" | "student" | "baseline"
+    mode: str  # "kws" | "sv" | "multitask"
+    frozen: bool
+
+
+DEFAULT_GRID = (
+    Run("teacher_kws_frozen", "teacher", "kws", True),
+    Run("student_kws_frozen", "student", "kws", True),
+    Run("teacher_sv_frozen", "teacher", "sv", True),
+    Run("student_sv_frozen", "student", "sv", True),
+    Run("baseline_kws", "baseline", "kws", False),
+    Run("baseline_sv", "baseline", "sv", False),
+)
+FULL_GRID = tuple(Run(f"{m}_{t}_{'frozen' if f else 'finetuned'}", m, t, f)
+                  for m in ("teacher", "student") for t in ("kws", "sv", "multitask") for f in (True, False)) + (
+    Run("baseline_kws", "baseline", "kws", False), Run("baseline_sv", "baseline", "sv", False),
+    Run("baseline_multitask", "baseline", "multitask", False))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes of one demo: `default` fits the time budget on 2 CPU cores; `tiny` is the CI smoke test."""
+
+    dataset_suffix: str = ""
+    distill_steps: int = 600
+    distill_batch: int = 8
+    distill_seconds: float = 2.0
+    kws_steps: int = 400
+    sv_steps: int = 300
+    batch: int = 16
+    sv_seconds: float = 2.0
+    eval_every: int = 100
+    target_layers: tuple[int, ...] = (2, 4, 6, 8)
+    devices: int = 0  # 0: every device; the tiny plan uses one (its steps compile faster unpartitioned on CPU)
+
+
+PLANS = {
+    "default": Plan(),
+    "tiny": Plan(dataset_suffix="_tiny", distill_steps=4, distill_batch=8, distill_seconds=1.0, kws_steps=4,
+                 sv_steps=4, batch=8, sv_seconds=1.0, eval_every=2, devices=1),
+}
+
+
+class _Stages:
+    """Times each stage and prints a header line for it."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        print(f"\n=== {name} ===", flush=True)
+        start = time.time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.time() - start
+
+
+def _done(workdir: str) -> bool:
+    return os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def _prepare(data_dir: str, plan: Plan) -> None:
+    from kdjax.data import pipeline, prepare
+
+    for name in DATASETS:
+        full = f"synthetic_speech/{name}{plan.dataset_suffix}"
+        try:
+            pipeline.load_source(full, "train", data_dir)
+            print(f"{full}: prepared already")
+        except Exception:  # noqa: BLE001 -- not prepared (or incomplete): prepare it
+            if prepare.run(full, data_dir=data_dir, manual_dir=None, skip_bad_examples=False, num_workers=None):
+                raise ConfigError(f"kdjax demo: preparing {full} failed (see the messages above)")
+
+
+def _teacher(workdir: str, data_dir: str, plan: Plan, pretrain: bool) -> str:
+    if not pretrain:
+        if not os.path.exists(os.path.join(TEACHER_ASSET, "model.safetensors")):
+            raise ConfigError(f"the shipped teacher is missing ({TEACHER_ASSET}); run `kdjax demo --pretrain`")
+        print(f"teacher: {TEACHER_ASSET} (shipped; made by configs/pretrain_tiny_hubert.py)")
+        return TEACHER_ASSET
+    from kdjax.main import parse
+    from kdjax.train.loop import train_and_evaluate
+
+    config_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                               "pretrain_tiny_hubert.py")
+    variant = ":runlocal" if plan.dataset_suffix else ""
+    config, run_dir = parse(["kdjax", f"--config={config_file}{variant}", f"--workdir={workdir}/pretrain"])
+    config.unlock()
+    config.pretrain.data_dir = data_dir
+    config.mesh.devices = plan.devices
+    if not _done(run_dir):
+        train_and_evaluate(config, run_dir)
+    return os.path.join(run_dir, "teacher_hf")
+
+
+def _distill(workdir: str, data_dir: str, teacher: str, plan: Plan) -> str:
+    from kdjax.distill.config import distill_config
+    from kdjax.models.hf import read_config
+    from kdjax.train.loop import train_and_evaluate
+
+    teacher_layers = read_config(teacher).num_hidden_layers
+    config = distill_config()
+    config.seed = 0
+    config.total_steps = plan.distill_steps
+    config.batch_size = plan.distill_batch
+    config.log_every = max(1, min(50, plan.distill_steps // 10))
+    config.eval_every = 0
+    config.checkpoint.save_every = max(plan.distill_steps // 2, 1)
+    config.checkpoint.keep = 1
+    config.optim.lr = 5e-4
+    config.mesh.devices = plan.devices
+    d = config.distill
+    d.teacher = teacher
+    d.student.num_hidden_layers = 1
+    d.loss.target_layers = [t for t in plan.target_layers if t <= teacher_layers] or [teacher_layers]
+    d.update(dataset=f"synthetic_speech/unlabeled{plan.dataset_suffix}", train_split="train",
+             eval_split="validation", max_seconds=plan.distill_seconds, eval_utterances=0)
+    d.data_dir = data_dir
+    run_dir = os.path.join(workdir, "distill")
+    if not _done(run_dir):
+        train_and_evaluate(config, run_dir)
+    return os.path.join(run_dir, "student_hf")
+
+
+def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], plan: Plan) -> str:
+    from kdjax.finetune.config import make_config
+    from kdjax.train.loop import train_and_evaluate
+
+    encoder = encoders["student" if run.model == "baseline" else run.model]
+    init = "random" if run.model == "baseline" else "pretrained"
+    config = make_config(run.mode, f"encoder={encoder},frozen={run.frozen},init={init},role={run.model},"
+                                   f"name={run.model},teacher=teacher")
+    config.total_steps = plan.kws_steps if run.mode == "kws" else plan.sv_steps
+    config.batch_size = plan.batch
+    config.mesh.devices = plan.devices
+    config.log_every = max(1, min(50, config.total_steps // 5))
+    config.eval_every = plan.eval_every
+    config.checkpoint.save_every = config.total_steps
+    config.optim.lr = 1e-3 if run.frozen or run.model == "baseline" else 2e-4
+    config.finetune.update(data_dir=data_dir, kws_dataset=f"synthetic_speech/kws{plan.dataset_suffix}",
+                           sv_dataset=f"synthetic_speech/sv{plan.dataset_suffix}", sv_seconds=plan.sv_seconds,
+                           encoder_lr=1e-4 if run.model != "baseline" else 1e-3)
+    if plan.dataset_suffix:
+        config.finetune.update(sv_width=64, sv_embed_dim=64, eval_batch_size=8)
+    run_dir = os.path.join(workdir, run.name)
+    if not _done(run_dir):
+        print(f"--- {run.name}: {run.model} encoder, {run.mode}, {'frozen' if run.frozen else 'fine-tuned'}",
+              flush=True)
+        train_and_evaluate(config, run_dir)
+    return run_dir
+
+
+def inference_ms_per_second(encoder_dir: str, *, batch: int = 4, seconds: float = 2.0, repeats: int = 5) -> float:
+    """Median milliseconds of encoder forward per second of audio (jitted, float32, this machine)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from kdjax.models.hf import from_pretrained
+
+    graphdef, state = nnx.split(from_pretrained(encoder_dir))
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).last_hidden_state)
+    x = np.random.default_rng(0).standard_normal((batch, int(16000 * seconds))).astype(np.float32)
+    forward(state, x).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward(state, x).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 1000.0 * statistics.median(times) / (batch * seconds)
+
+
+def run_demo(workdir: str, *, full: bool = False, size: str = "default", pretrain: bool = False) -> dict[str, Any]:
+    """Run every stage (reusing finished ones) and write the report; returns the report's table rows."""
+    if size not in PLANS:
+        raise ConfigError(f"demo size {size!r}: expected one of {sorted(PLANS)}")
+    plan = PLANS[size]
+    workdir = os.path.abspath(workdir)
+    data_dir = os.path.join(workdir, "data")
+    os.makedirs(workdir, exist_ok=True)
+    stages = _Stages()
+    start = time.time()
+    stages.run("1/5 prepare the synthetic corpus", _prepare, data_dir, plan)
+    teacher = stages.run("2/5 teacher", _teacher, workdir, data_dir, plan, pretrain)
+    student = stages.run("3/5 distil a 1-layer student", _distill, workdir, data_dir, teacher, plan)
+    encoders = {"teacher": teacher, "student": student}
+    run_dirs = [stages.run("4/5 fine-tune", _finetune, workdir, data_dir, run, encoders, plan)
+                for run in (FULL_GRID if full else DEFAULT_GRID)]
+    return stages.run("5/5 report", _report, workdir, run_dirs, encoders, stages, start)
+
+
+def _report(workdir: str, run_dirs: list[str], encoders: dict[str, str], stages: _Stages,
+            start: float) -> dict[str, Any]:
+    from kdjax.eval.report import build_report
+
+    speed = {name: inference_ms_per_second(path) for name, path in encoders.items()}
+    for run_dir in run_dirs:  # inference speed of each run's encoder, for the table
+        path = os.path.join(run_dir, "results.json")
+        with open(path) as f:
+            results = json.load(f)
+        role = results.get("model", {}).get("role", "")
+        results["model"]["inference_ms_per_s"] = speed["student" if role == "baseline" else role]
+        with open(path + ".tmp", "w") as f:
+            json.dump(results, f)
+        os.replace(path + ".tmp", path)
+    table = build_report(run_dirs, workdir)
+    print((open(os.path.join(workdir, "report.md")).read()))
+    timings = {**stages.timings, "total": time.time() - start}
+    lines = ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    print("\n".join(["Time per stage (this run; reused stages take ~0 s):"] + lines))
+    with open(os.path.join(workdir, "timings.json"), "w") as f:
+        json.dump(timings, f, indent=2)
+    return table
