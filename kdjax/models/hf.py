@@ -222,20 +222,24 @@ def from_pretrained(path_or_repo_id: str | os.PathLike, **config_overrides: Any)
 
 
 # ---- writing -----------------------------------------------------------------------------------------------------
-def to_hf_tensors(model: Encoder) -> dict[str, np.ndarray]:
-    """The model's parameters under their HF names and layouts (float32)."""
+def to_hf_tensors(model: Encoder, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """The model's parameters under their HF names and layouts (float32, or float16 for smaller files)."""
     out = {}
     for path, variable in _params(model).items():
         key, transform = kdjax_to_hf_key(path)
-        out[key] = np.ascontiguousarray(_TRANSFORMS[transform][1](np.asarray(variable.get_value(), dtype=np.float32)))
+        value = _TRANSFORMS[transform][1](np.asarray(variable.get_value(), dtype=np.float32))
+        out[key] = np.ascontiguousarray(value.astype(dtype))
     return out
 
 
-def save_pretrained(model: Encoder, path: str | os.PathLike) -> Path:
+def save_pretrained(model: Encoder, path: str | os.PathLike, *, dtype: str = "float32") -> Path:
     """Write config.json + model.safetensors that transformers' HubertModel / Wav2Vec2Model load unchanged.
 
     Files are written to a temporary folder and moved into place, so a crash never leaves a half-written checkpoint.
+    `dtype="float16"` halves the file (transformers and kdjax load it back as float32).
     """
+    if dtype not in ("float32", "float16"):
+        raise CheckpointError(f"save_pretrained dtype={dtype!r}: expected 'float32' or 'float16'")
     from safetensors.numpy import save_file
 
     if not isinstance(model, Encoder):
@@ -245,7 +249,7 @@ def save_pretrained(model: Encoder, path: str | os.PathLike) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".kdjax-save-", dir=target))
     try:
         (staging / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2, sort_keys=True) + "\n")
-        save_file(to_hf_tensors(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
+        save_file(to_hf_tensors(model, dtype), str(staging / "model.safetensors"), metadata={"format": "pt"})
         for name in ("model.safetensors", "config.json"):
             os.replace(staging / name, target / name)
     finally:

@@ -114,3 +114,14 @@ def test_key_table_round_trips_every_parameter():
     for path in hf._params(model):
         key, _ = hf.kdjax_to_hf_key(path)
         assert hf.hf_to_kdjax_key(key)[0] == path
+
+
+def test_float16_checkpoint_halves_the_file_and_loads_back(tmp_path):
+    model = init_encoder(EncoderConfig.from_hf({**hf_utils.TINY, "model_type": "hubert"}), seed=1)
+    kdjax.save_pretrained(model, tmp_path / "f32")
+    kdjax.save_pretrained(model, tmp_path / "f16", dtype="float16")
+    size = lambda d: (tmp_path / d / "model.safetensors").stat().st_size  # noqa: E731
+    assert size("f16") < 0.55 * size("f32")
+    back = hf.to_hf_tensors(kdjax.from_pretrained(tmp_path / "f16"))
+    for key, value in hf.to_hf_tensors(model).items():
+        np.testing.assert_allclose(back[key], value, rtol=1e-3, atol=1e-4)
