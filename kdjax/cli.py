@@ -29,7 +29,7 @@ def _convert(args: argparse.Namespace) -> int:
     import kdjax
 
     model = kdjax.from_pretrained(args.src)
-    kdjax.save_pretrained(model, args.dst)
+    kdjax.save_pretrained(model, args.dst, dtype=args.dtype)
     print(f"wrote {args.dst}")
     return 0
 
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="load an HF checkpoint with kdjax and write it back in HF format")
     p.add_argument("src")
     p.add_argument("dst")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="dtype of the written tensors")
     p.set_defaults(fn=_convert)
 
     p = sub.add_parser("train", help="run a config (same as python -m kdjax.main)")
