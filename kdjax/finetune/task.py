@@ -15,7 +15,6 @@ an SV-only run keeps its final state.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import jax
@@ -109,11 +108,8 @@ class FineTune:
         return cfg
 
     def _load_encoder(self) -> nnx.State:
-        encoder = Encoder(self.encoder_config, rngs=nnx.Rngs(0))
-        ignored = hf.load_weights(encoder, hf._read_tensors(Path(self.encoder_dir)), source=self.encoder_dir)
-        if ignored:
-            logging.info("%s: ignored %s", self.encoder_dir, ", ".join(ignored))
-        return jax.tree.map(np.asarray, nnx.state(encoder, nnx.Param))
+        overrides = dict(self.cfg.get("encoder_overrides", {}) or {})
+        return jax.tree.map(np.asarray, nnx.state(hf.from_pretrained(self.encoder_dir, **overrides), nnx.Param))
 
     # ---- the Task protocol --------------------------------------------------------------------------------------
     def init(self, config: Any, rng: jax.Array) -> TrainState:

@@ -12,8 +12,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "distill_tiny.py"
 # constant lr: a run of N steps and a run stopped at k and resumed to N follow the same schedule
+# no evaluation: it would only add a compilation to every run
 COMMON = ["--config.optim.schedule=constant", "--config.optim.warmup_steps=0", "--config.checkpoint.keep=5",
-          "--config.eval_every=0"]
+          "--config.eval_every=0", "--config.distill.eval_utterances=0"]
 
 
 def overrides(teacher, data_dir, steps: int, *extra: str) -> list[str]:
@@ -39,14 +40,17 @@ def config(teacher, data_dir, steps: int, *extra: str):
     return cfg
 
 
-def run_two_processes(workdir, args: list[str], timeout: float = 100.0) -> str:
+def run_two_processes(workdir, args: list[str], cache_dir=None, timeout: float = 100.0) -> str:
     """launch/run.sh --local-processes 2 --devices-per-process 4; returns the merged console output.
 
-    The launcher and both workers are in a new session and are killed (killpg) whatever happens.
+    The launcher and both workers are in a new session and are killed (killpg) whatever happens. `cache_dir`: a
+    persistent compilation cache shared by the runs of a test module (the second run skips the compilation).
     """
     cmd = [str(ROOT / "launch" / "run.sh"), "--local-processes", "2", "--devices-per-process", "4", "--",
            f"--config={CONFIG}:runlocal", f"--workdir={workdir}", *args]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # run.sh sets the device count
+    if cache_dir is not None:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:

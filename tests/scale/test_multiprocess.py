@@ -25,6 +25,11 @@ def teacher(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
 def single(teacher, tiny_data_dir, tmp_path_factory):
     """One process, 8 devices, 6 steps, checkpoints at 3 and 6."""
     workdir = tmp_path_factory.mktemp("single")
@@ -35,10 +40,10 @@ def single(teacher, tiny_data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def multi(teacher, tiny_data_dir, tmp_path_factory):
+def multi(teacher, tiny_data_dir, tmp_path_factory, cache):
     """Two processes x 4 devices, 3 steps (checkpoint at 3); (workdir, console output)."""
     workdir = tmp_path_factory.mktemp("multi")
-    out = helpers.run_two_processes(workdir, helpers.overrides(teacher, tiny_data_dir, 3))
+    out = helpers.run_two_processes(workdir, helpers.overrides(teacher, tiny_data_dir, 3), cache)
     return workdir, out
 
 
@@ -76,7 +81,7 @@ def test_resume_two_processes_to_one(single, multi, teacher, tiny_data_dir, tmp_
     assert helpers.max_diff(helpers.student(workdir), helpers.student(single)) < TOL
 
 
-def test_resume_one_process_to_two(single, teacher, tiny_data_dir, tmp_path):
+def test_resume_one_process_to_two(single, multi, teacher, tiny_data_dir, tmp_path, cache):
     """A 1-process checkpoint (step 3) continued by 2 processes to step 6 == 6 steps in 1 process."""
     workdir = tmp_path / "run"
     shutil.copytree(single, workdir)
@@ -84,7 +89,7 @@ def test_resume_one_process_to_two(single, teacher, tiny_data_dir, tmp_path):
     for name in ("student_hf", "results.json"):
         path = workdir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    helpers.run_two_processes(workdir, helpers.overrides(teacher, tiny_data_dir, 6))
+    helpers.run_two_processes(workdir, helpers.overrides(teacher, tiny_data_dir, 6), cache)
     results = json.load(open(workdir / "results.json"))
     assert (results["resumed_from"], results["final_step"], results["processes"]) == (3, 6, 2)
     diff = helpers.max_diff(helpers.checkpoint_params(workdir, 6), helpers.checkpoint_params(single, 6))
