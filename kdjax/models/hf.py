@@ -250,7 +250,10 @@ def save_pretrained(model: Encoder, path: str | os.PathLike, *, dtype: str = "fl
     try:
         (staging / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2, sort_keys=True) + "\n")
         save_file(to_hf_tensors(model, dtype), str(staging / "model.safetensors"), metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
         for name in ("model.safetensors", "config.json"):
+            os.chmod(staging / name, 0o666 & ~umask)  # the staging folder's files are private; the result is not
             os.replace(staging / name, target / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
