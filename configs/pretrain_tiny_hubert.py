@@ -12,15 +12,7 @@ smaller model, for tests), `steps=N`.
 """
 import ml_collections
 
-from kdjax.train.loop import base_config
-
-
-def _parse(arg):
-    out = {}
-    for part in filter(None, (arg or "").split(",")):
-        key, _, value = part.partition("=")
-        out[key.strip()] = value.strip() or "1"
-    return out
+from kdjax.train.loop import base_config, parse_args
 
 
 def teacher_model() -> ml_collections.ConfigDict:
@@ -36,7 +28,7 @@ def teacher_model() -> ml_collections.ConfigDict:
 
 def get_config(arg=None):
     """The pretraining config; `arg` holds variant args (see the module docstring)."""
-    args = _parse(arg)
+    args = parse_args(arg)
     config = base_config()
     config.task = "pretrain_hubert"
     config.seed = 0

@@ -10,20 +10,12 @@ Variant args (comma separated after the colon): `runlocal` (a few steps, tiny mo
 """
 import ml_collections
 
-from kdjax.train.loop import base_config
-
-
-def _parse(arg: str | None) -> dict[str, str]:
-    out = {}
-    for part in filter(None, (arg or "").split(",")):
-        key, _, value = part.partition("=")
-        out[key.strip()] = value.strip() or "1"
-    return out
+from kdjax.train.loop import base_config, parse_args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The toy regression config; `arg` holds variant args (see the module docstring)."""
-    args = _parse(arg)
+    args = parse_args(arg)
     config = base_config()
     config.task = "toy_regression"
     config.seed = 0

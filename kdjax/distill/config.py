@@ -16,18 +16,9 @@ import ml_collections
 
 from kdjax.distill.losses import LossConfig
 from kdjax.distill.student import STUDENT_DEFAULTS
-from kdjax.train.loop import base_config
+from kdjax.train.loop import base_config, parse_args
 
 TASK = "distill"
-
-
-def parse_args(arg: str | None) -> dict[str, str]:
-    """Variant args 'a=1,b,c=x' -> {'a': '1', 'b': '1', 'c': 'x'}."""
-    out = {}
-    for part in filter(None, (arg or "").split(",")):
-        key, _, value = part.partition("=")
-        out[key.strip()] = value.strip() or "1"
-    return out
 
 
 def student_layers_arg(value: str) -> int:

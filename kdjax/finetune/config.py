@@ -1,16 +1,7 @@
 """Default fine-tuning configs; configs/finetune_{kws,sv,multitask}.py select one (big_vision-style variant args)."""
 import ml_collections
 
-from kdjax.train.loop import base_config
-
-
-def parse_args(arg):
-    """'a=1,b,c=x' -> {'a': '1', 'b': '1', 'c': 'x'}."""
-    out = {}
-    for part in filter(None, (arg or "").split(",")):
-        key, _, value = part.partition("=")
-        out[key.strip()] = value.strip() or "1"
-    return out
+from kdjax.train.loop import base_config, parse_args
 
 
 def _bool(value: str) -> bool:

@@ -66,6 +66,15 @@ class Task(Protocol):
     def train_data(self) -> Iterator[HostBatch] | dict[str, Iterator[HostBatch]]: ...
 
 
+def parse_args(arg: str | None) -> dict[str, str]:
+    """A config file's variant args 'a=1,b,c=x' -> {'a': '1', 'b': '1', 'c': 'x'} (big_vision style)."""
+    out = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        out[key.strip()] = value.strip() or "1"
+    return out
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The loop's config fields with their defaults; a config file starts from this and adds task fields."""
     from kdjax.train import optim
