@@ -50,7 +50,8 @@ def test_a_few_steps_reduce_the_loss():
 
     @nnx.jit
     def step(model, optimizer, key):
-        (loss, _), grads = nnx.value_and_grad(masked_prediction_loss, has_aux=True)(model, x, mask, targets, key)
+        loss_fn = lambda m: masked_prediction_loss(m, x, mask, targets, key)  # noqa: E731
+        (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
         return loss
 
