@@ -53,11 +53,11 @@ class Plan:
     """Sizes of one demo: `default` fits the time budget on 2 CPU cores; `tiny` is the CI smoke test."""
 
     dataset_suffix: str = ""
-    distill_steps: int = 600
+    distill_steps: int = 300
     distill_batch: int = 8
     distill_seconds: float = 2.0
-    kws_steps: int = 400
-    sv_steps: int = 300
+    kws_steps: int = 300
+    sv_steps: int = 200
     batch: int = 16
     sv_seconds: float = 2.0
     eval_every: int = 100
