@@ -63,12 +63,13 @@ class Plan:
     eval_every: int = 100
     target_layers: tuple[int, ...] = (2, 4, 6, 8)
     devices: int = 0  # 0: every device; the tiny plan uses one (its steps compile faster unpartitioned on CPU)
+    sv_width: int = 256  # x-vector width (SUPERB: 512); halved so the SV runs fit the budget on 2 CPU cores
 
 
 PLANS = {
     "default": Plan(),
     "tiny": Plan(dataset_suffix="_tiny", distill_steps=4, distill_batch=8, distill_seconds=1.0, kws_steps=4,
-                 sv_steps=4, batch=8, sv_seconds=1.0, eval_every=2, devices=1),
+                 sv_steps=4, batch=8, sv_seconds=1.0, eval_every=2, devices=1, sv_width=64),
 }
 
 
@@ -171,9 +172,10 @@ def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], p
     config.optim.lr = 1e-3 if run.frozen or run.model == "baseline" else 2e-4
     config.finetune.update(data_dir=data_dir, kws_dataset=f"synthetic_speech/kws{plan.dataset_suffix}",
                            sv_dataset=f"synthetic_speech/sv{plan.dataset_suffix}", sv_seconds=plan.sv_seconds,
-                           encoder_lr=1e-4 if run.model != "baseline" else 1e-3)
+                           encoder_lr=1e-4 if run.model != "baseline" else 1e-3, sv_width=plan.sv_width,
+                           sv_embed_dim=min(plan.sv_width, 512))
     if plan.dataset_suffix:
-        config.finetune.update(sv_width=64, sv_embed_dim=64, eval_batch_size=8)
+        config.finetune.update(eval_batch_size=8)
     run_dir = os.path.join(workdir, run.name)
     if not _done(run_dir):
         print(f"--- {run.name}: {run.model} encoder, {run.mode}, {'frozen' if run.frozen else 'fine-tuned'}",
