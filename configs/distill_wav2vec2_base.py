@@ -11,7 +11,7 @@ the loss (config.distill.loss.include_padding=True restores s3prl's formula).
 Launch (the exact command; add `--config.field=value` overrides at the end):
 
   kdjax prepare librispeech --manual_dir /path/to/LibriSpeech
-  python -m kdjax.main --config=configs/distill_hubert_base.py --workdir=runs/distilwav2vec2 \
+  python -m kdjax.main --config=configs/distill_wav2vec2_base.py --workdir=runs/distilwav2vec2 \
       --config.distill.teacher=/path/to/wav2vec2-base
 
 The teacher is an HF folder or a repo id already in the local HF cache (kdjax never downloads).
