@@ -11,20 +11,10 @@ are XLA's cost analysis of the kdjax step (the same math as the PyTorch step).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation for JAX)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from common import distill_setup, median_time
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -34,37 +24,22 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     f = jax.jit(lambda x: x @ x)
-    t = _median_time(lambda: f(a).block_until_ready(), repeats)
+    t = median_time(lambda: f(a).block_until_ready(), repeats)
     return 2 * n ** 3 / t
 
 
 def kdjax_step(args, x: np.ndarray, mask: np.ndarray):
     """(step function, its compiled FLOPs) for the kdjax distillation step."""
     import jax
-    import ml_collections
-    from flax import nnx
 
-    from kdjax.distill.losses import LossConfig, make_heads
-    from kdjax.distill.student import build_student, student_config
-    from kdjax.distill.task import make_train_step
+    from kdjax.distill.losses import LossConfig
+    from kdjax.distill.student import student_config
     from kdjax.models.config import preset
-    from kdjax.models.encoder import Encoder
-    from kdjax.train import optim
-    from kdjax.train.state import TrainState
 
     t_cfg = preset("facebook/hubert-base-ls960", dtype=args.teacher_dtype, mask_time_prob=0.0)
     s_cfg = student_config(t_cfg, {"remat": args.remat, "init": "random"})
-    loss_cfg = LossConfig()
-    teacher = Encoder(t_cfg, rngs=nnx.Rngs(0))
-    student = build_student(s_cfg, None, "random", nnx.Rngs(1))
-    heads = make_heads(loss_cfg, s_cfg, t_cfg, rngs=nnx.Rngs(2))
-    opt = optim.make_optimizer(ml_collections.ConfigDict(optim.default_config()), total_steps=1000)
-    t_def, t_params = nnx.split(teacher, nnx.Param)
-    s_def, s_params = nnx.split(student, nnx.Param)
-    h_def, h_params = nnx.split(heads, nnx.Param)
-    params = {"student": s_params, "heads": h_params}
-    state = TrainState.create(params, opt.tx.init(params), jax.random.PRNGKey(0), extra={"teacher": t_params})
-    step = jax.jit(make_train_step(s_def, h_def, t_def, loss_cfg, opt.tx, feature_grad_mult=args.feature_grad_mult))
+    state, train_step = distill_setup(t_cfg, s_cfg, LossConfig(), args.feature_grad_mult)
+    step = jax.jit(train_step)
     batch = {"input_values": jax.numpy.asarray(x), "attention_mask": jax.numpy.asarray(mask)}
     compiled = step.lower(state, batch).compile()
     cost = compiled.cost_analysis()
@@ -140,7 +115,7 @@ def main() -> None:
 
     peak = matmul_peak()
     run_jax, flops = kdjax_step(args, x, mask)
-    t_jax = _median_time(run_jax, args.repeats)
+    t_jax = median_time(run_jax, args.repeats)
     print(f"device: {jax.devices()[0].device_kind}, matmul peak {peak / 1e9:.0f} GFLOP/s (f32, jnp 2048^2)")
     print(f"kdjax   step: {t_jax:.3f} s  {audio / t_jax:6.2f} audio-s/s  "
           f"{flops / 1e9:.0f} GFLOP  MFU {flops / t_jax / peak:.1%}  (teacher {args.teacher_dtype}, "
@@ -150,7 +125,7 @@ def main() -> None:
     import torch
 
     run_torch = torch_step(args, x, mask)
-    t_torch = _median_time(run_torch, args.repeats)
+    t_torch = median_time(run_torch, args.repeats)
     print(f"PyTorch step: {t_torch:.3f} s  {audio / t_torch:6.2f} audio-s/s  MFU {flops / t_torch / peak:.1%}  "
           f"({torch.get_num_threads()} threads)")
     print(f"ratio kdjax / PyTorch step time: {t_jax / t_torch:.2f} (target <= 0.8)")

@@ -7,20 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import numpy as np
 
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation for JAX)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from common import median_time
 
 
 def main() -> None:
@@ -51,7 +41,7 @@ def main() -> None:
     graphdef, state = nnx.split(model)
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).last_hidden_state)
     x_jax = jax.device_put(x)
-    t_jax = _median_time(lambda: forward(state, x_jax).block_until_ready(), args.repeats)
+    t_jax = median_time(lambda: forward(state, x_jax).block_until_ready(), args.repeats)
 
     x_torch = torch.from_numpy(x)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
@@ -60,7 +50,7 @@ def main() -> None:
         with torch.no_grad(), autocast:
             reference(x_torch)
 
-    t_torch = _median_time(torch_forward, args.repeats)
+    t_torch = median_time(torch_forward, args.repeats)
     audio = args.batch * args.seconds
     print(f"encoder forward, {args.preset}, batch {args.batch} x {args.seconds:g} s, {args.dtype}, "
           f"median of {args.repeats} ({os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}, "

@@ -41,17 +41,13 @@ def _targets(layers: int) -> tuple[int, ...]:
 def worker(args: argparse.Namespace) -> dict:
     """One device count in this process: build the step on a mesh of `args.count` devices and time it."""
     import jax
-    import ml_collections
     import numpy as np
-    from flax import nnx
 
-    from kdjax.distill.losses import LossConfig, make_heads
-    from kdjax.distill.student import build_student, student_config
-    from kdjax.distill.task import make_train_step
+    from common import distill_setup
+    from kdjax.distill.losses import LossConfig
+    from kdjax.distill.student import student_config
     from kdjax.models.config import preset
-    from kdjax.models.encoder import Encoder
-    from kdjax.train import optim, sharding
-    from kdjax.train.state import TrainState
+    from kdjax.train import sharding
 
     devices = jax.devices()[:args.count]
     if len(devices) < args.count:
@@ -60,15 +56,7 @@ def worker(args: argparse.Namespace) -> dict:
     t_cfg = preset("facebook/hubert-base-ls960", dtype=args.teacher_dtype, mask_time_prob=0.0, **SIZES[args.size])
     s_cfg = student_config(t_cfg, {"remat": args.remat, "init": "random", "dtype": args.dtype})
     loss_cfg = LossConfig(target_layers=_targets(t_cfg.num_hidden_layers))
-    teacher = Encoder(t_cfg, rngs=nnx.Rngs(0))
-    student = build_student(s_cfg, None, "random", nnx.Rngs(1))
-    heads = make_heads(loss_cfg, s_cfg, t_cfg, rngs=nnx.Rngs(2))
-    opt = optim.make_optimizer(ml_collections.ConfigDict(optim.default_config()), total_steps=1000)
-    t_def, t_params = nnx.split(teacher, nnx.Param)
-    s_def, s_params = nnx.split(student, nnx.Param)
-    h_def, h_params = nnx.split(heads, nnx.Param)
-    params = {"student": s_params, "heads": h_params}
-    state = TrainState.create(params, opt.tx.init(params), jax.random.PRNGKey(0), extra={"teacher": t_params})
+    state, train_step = distill_setup(t_cfg, s_cfg, loss_cfg)
     shardings = sharding.state_sharding(state, mesh)
     state = jax.device_put(state, shardings)
     batch_size, samples = args.per_device_batch * args.count, int(args.seconds * 16000)
@@ -76,7 +64,7 @@ def worker(args: argparse.Namespace) -> dict:
     host = {"input_values": rng.standard_normal((batch_size, samples)).astype(np.float32),
             "attention_mask": np.ones((batch_size, samples), np.int32)}
     batch = sharding.to_global(host, mesh)
-    step = jax.jit(make_train_step(s_def, h_def, t_def, loss_cfg, opt.tx, feature_grad_mult=0.1),
+    step = jax.jit(train_step,
                    out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
