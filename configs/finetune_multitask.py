@@ -7,7 +7,7 @@ Launch (the exact command; add `--config.field=value` overrides at the end):
   python -m kdjax.main --config=configs/finetune_multitask.py:encoder=runs/distill,frozen=False --workdir=runs/mt
 
 Variant args (comma separated after the colon): `encoder=PATH`, `frozen=True|False`, `init=pretrained|random`,
-`runlocal`, `steps=N`.
+`one_stage=TEACHER` (distillation + task losses in one run, see kdjax/finetune/one_stage.py), `runlocal`, `steps=N`.
 """
 from kdjax.finetune.config import make_config
 

@@ -8,8 +8,9 @@ Launch (the exact command; add `--config.field=value` overrides at the end):
       --config.finetune.sv_head=ecapa --config.finetune.sv_loss=am
 
 Variant args (comma separated after the colon): `encoder=PATH`, `frozen=True|False`, `init=pretrained|random`,
-`runlocal`, `steps=N`. Defaults follow SUPERB's SV downstream: AdamW, lr 1e-4, training crops of up to 3 s here
-(SUPERB: 2-8 s; the synthetic utterances are 1-4 s).
+`one_stage=TEACHER` (distillation + task losses in one run, see kdjax/finetune/one_stage.py), `runlocal`, `steps=N`.
+Defaults follow SUPERB's SV downstream: AdamW, lr 1e-4, training crops of up to 3 s here (SUPERB: 2-8 s; the
+synthetic utterances are 1-4 s).
 """
 from kdjax.finetune.config import make_config
 

@@ -33,16 +33,25 @@ def _field(name: str, value):
     return ml_collections.FieldReference(None, field_type=tuple if name.startswith("conv_") else int)
 
 
+def student_fields(exclude: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """The student settings (kdjax.distill.student.STUDENT_DEFAULTS) as a ConfigDict."""
+    return ml_collections.ConfigDict({k: _field(k, v) for k, v in STUDENT_DEFAULTS.items() if k not in exclude})
+
+
+def loss_fields() -> ml_collections.ConfigDict:
+    """The distillation loss settings (kdjax.distill.losses.LossConfig) as a ConfigDict."""
+    return ml_collections.ConfigDict({k: (list(v) if isinstance(v, tuple) else v)
+                                      for k, v in LossConfig().__dict__.items()})
+
+
 def distill_config() -> ml_collections.ConfigDict:
     """The loop's base config plus every config.distill field at its DistilHuBERT default."""
     config = base_config()
     config.task = TASK
-    loss = {k: (list(v) if isinstance(v, tuple) else v) for k, v in LossConfig().__dict__.items()}
-    student = ml_collections.ConfigDict({k: _field(k, v) for k, v in STUDENT_DEFAULTS.items()})
     config.distill = ml_collections.ConfigDict(dict(
         teacher="facebook/hubert-base-ls960", teacher_dtype="float32",
-        student=student,
-        loss=ml_collections.ConfigDict(loss),
+        student=student_fields(),
+        loss=loss_fields(),
         feature_grad_mult=0.1,
         dataset="librispeech", train_split="train_clean_100+train_clean_360+train_other_500",
         eval_split="dev_clean", data_dir=ml_collections.FieldReference(None, field_type=str),

@@ -182,6 +182,20 @@ def teacher_targets(teacher: Encoder, input_values: jax.Array, attention_mask: j
     return jax.lax.stop_gradient(jnp.stack([out.hidden_states[j].astype(jnp.float32) for j in target_layers]))
 
 
+def score_student(heads: nnx.Module, out: EncoderOutput, teacher_hidden: jax.Array, cfg: LossConfig,
+                  frame_mask: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Score the heads' predictions from the student output `out` against teacher_hidden [N, B, T, D].
+
+    frame_mask [B, T] (None: every frame counts). Returns (loss, metrics).
+    """
+    pred = heads(out)
+    if pred.shape != teacher_hidden.shape:
+        raise ConfigError(f"student predictions {pred.shape} and teacher targets {teacher_hidden.shape} differ: "
+                          "student and teacher must share the conv stack geometry")
+    l1, cos = layer_losses(pred, teacher_hidden, frame_mask, include_padding=cfg.include_padding)
+    return combine(l1, cos, cfg)
+
+
 def distill_loss(student: Encoder, heads: nnx.Module, teacher_hidden: jax.Array, batch: Mapping[str, jax.Array],
                  cfg: LossConfig, *, rng: jax.Array | None = None, deterministic: bool = True,
                  freeze_feature_encoder: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -192,10 +206,4 @@ def distill_loss(student: Encoder, heads: nnx.Module, teacher_hidden: jax.Array,
     mask = batch.get("attention_mask")
     out = student(batch["input_values"], mask, output_hidden_states=cfg.mode == "hint",
                   deterministic=deterministic, rng=rng, freeze_feature_encoder=freeze_feature_encoder)
-    pred = heads(out)
-    if pred.shape != teacher_hidden.shape:
-        raise ConfigError(f"student predictions {pred.shape} and teacher targets {teacher_hidden.shape} differ: "
-                          "student and teacher must share the conv stack geometry")
-    l1, cos = layer_losses(pred, teacher_hidden, None if mask is None else out.frame_mask,
-                           include_padding=cfg.include_padding)
-    return combine(l1, cos, cfg)
+    return score_student(heads, out, teacher_hidden, cfg, None if mask is None else out.frame_mask)

@@ -1,6 +1,7 @@
 """Default fine-tuning configs; configs/finetune_{kws,sv,multitask}.py select one (big_vision-style variant args)."""
 import ml_collections
 
+from kdjax.distill.config import loss_fields, student_fields
 from kdjax.train.loop import base_config, parse_args
 
 
@@ -24,14 +25,18 @@ def make_config(mode: str, arg=None) -> ml_collections.ConfigDict:
                         b2=0.999, eps=1e-8, weight_decay=1e-4 if mode != "kws" else 0.0, clip_norm=1.0)
     config.finetune = ml_collections.ConfigDict(dict(
         mode=mode, encoder=args.get("encoder", ""), init=args.get("init", "pretrained"),
-        frozen=_bool(args.get("frozen", "true")), freeze_feature_encoder=True, encoder_lr=5e-5,
+        frozen=_bool(args.get("frozen", "false" if args.get("one_stage") else "true")),  # one-stage trains the encoder
+        freeze_feature_encoder=True, encoder_lr=5e-5,
         encoder_overrides=ml_collections.ConfigDict(), featurizer="weighted_sum",
         model_name=args.get("name", ""), role=args.get("role", ""), teacher_name=args.get("teacher", ""),
         kws_dataset="synthetic_speech/kws", sv_dataset="synthetic_speech/sv", data_dir=None,
         kws_seconds=1.0, sv_seconds=3.0, sv_eval_max_seconds=8.0, sv_head="xvector", sv_loss="aam",
         sv_width=512, sv_embed_dim=0,
         kws_weight=1.0, sv_weight=1.0, eval_batch_size=32,
-        labels=None))  # optional: the KWS label list the run expects (checked against the dataset's)
+        labels=None,  # optional: the KWS label list the run expects (checked against the dataset's)
+        # kdjax.finetune.one_stage: distillation + task losses in one run; teacher "" = off (two-stage)
+        one_stage=ml_collections.ConfigDict(dict(teacher=args.get("one_stage", ""), weight=1.0,
+                                                 student=student_fields(exclude=("init",)), loss=loss_fields()))))
     if config.finetune.init == "random":
         config.finetune.frozen = False
     if "runlocal" in args:

@@ -8,12 +8,16 @@
                               stay bit-identical. False: the encoder trains too (lr encoder_lr, SpecAugment on), the
                               conv feature encoder stays frozen unless freeze_feature_encoder=False.
 
+    config.finetune.one_stage Distillation and task losses in one run (kdjax.finetune.one_stage); off by default.
+
 KWS picks the best checkpoint by validation accuracy; the test split is evaluated with the exported (best) state and
 written to results.json ("test", plus what `kdjax report` reads). The synthetic SV corpus has no validation trials, so
-an SV-only run keeps its final state.
+an SV-only run keeps its final state. TrainState.extra holds {"stats": BatchNorm statistics} plus, in one-stage runs,
+{"teacher": the frozen teacher's params}.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Iterable, Iterator
 
@@ -28,6 +32,7 @@ from jax.experimental import multihost_utils
 from kdjax.data import pipeline
 from kdjax.errors import ConfigError
 from kdjax.eval import metrics as eval_metrics
+from kdjax.finetune import one_stage
 from kdjax.finetune.tasks import FineTuneModel, label_tree
 from kdjax.models import hf
 from kdjax.models.encoder import Encoder
@@ -38,13 +43,13 @@ SAMPLE_RATE = 16000
 MODES = {"kws": ("kws",), "sv": ("sv",), "multitask": ("kws", "sv")}
 
 
-def resolve_encoder_dir(path: str) -> str:
+def resolve_encoder_dir(path: str, where: str = "config.finetune.encoder") -> str:
     """An HF folder for `path`: the folder itself, or the student_hf/ or teacher_hf/ a kdjax workdir exported."""
     for sub in ("", "student_hf", "teacher_hf"):
         candidate = os.path.join(path, sub)
-        if os.path.exists(os.path.join(candidate, "config.json")):
+        if path and os.path.exists(os.path.join(candidate, "config.json")):
             return candidate
-    raise ConfigError(f"config.finetune.encoder={path!r}: expected an HF checkpoint folder (config.json + "
+    raise ConfigError(f"{where}={path!r}: expected an HF checkpoint folder (config.json + "
                       f"model.safetensors) or a kdjax workdir holding student_hf/ or teacher_hf/")
 
 
@@ -66,8 +71,20 @@ class FineTune:
             raise ConfigError(f"config.batch_size={config.batch_size} must divide by the process count")
         self.streams = MODES[cfg.mode]
         self.weights = {"kws": float(cfg.kws_weight), "sv": float(cfg.sv_weight)}
-        self.encoder_dir = resolve_encoder_dir(cfg.encoder)
-        self.encoder_config = hf.read_config(self.encoder_dir, **dict(cfg.get("encoder_overrides", {}) or {}))
+        self.one_stage = None
+        if one_stage.enabled(cfg):
+            if cfg.frozen:
+                raise ConfigError("config.finetune.one_stage distils into the encoder, so it needs frozen=False")
+            self.one_stage = one_stage.OneStage(cfg.one_stage, resolve_encoder_dir(cfg.one_stage.teacher,
+                                                                                  "config.finetune.one_stage.teacher"),
+                                                cfg.init)
+        overrides = dict(cfg.get("encoder_overrides", {}) or {})
+        if self.one_stage is not None and not cfg.encoder:  # the student is built from the teacher
+            self.encoder_dir = None
+            self.encoder_config = dataclasses.replace(self.one_stage.student_config(), **overrides)
+        else:
+            self.encoder_dir = resolve_encoder_dir(cfg.encoder)
+            self.encoder_config = hf.read_config(self.encoder_dir, **overrides)
         self.kws_samples = int(cfg.kws_seconds * SAMPLE_RATE)
         self.sv_samples = int(cfg.sv_seconds * SAMPLE_RATE)
         self.label_names = pipeline.label_names(cfg.kws_dataset, cfg.data_dir) if "kws" in self.streams else None
@@ -90,13 +107,19 @@ class FineTune:
         self.opt = optim.make_optimizer(self._optim_config(config.optim), config.total_steps,
                                         param_labels=label_tree, labels=["feature_encoder", "encoder", "heads"])
         self.pretrained = self._load_encoder() if cfg.init == "pretrained" else None
+        if self.one_stage is not None:
+            logging.info("one-stage: distilling %s into the encoder (weight %g, target layers %s)",
+                         self.one_stage.teacher_dir, self.one_stage.weight, self.one_stage.loss_cfg.target_layers)
         self._kws_eval = jax.jit(self._kws_logits)
         self._sv_embed = jax.jit(self._sv_embeddings)
 
     # ---- model and optimizer ------------------------------------------------------------------------------------
     def _model(self, rngs: nnx.Rngs) -> FineTuneModel:
-        return FineTuneModel(self.encoder_config, num_classes=len(self.label_names) if self.label_names else None,
-                             num_speakers=self.num_speakers, cfg=self.cfg, rngs=rngs)
+        model = FineTuneModel(self.encoder_config, num_classes=len(self.label_names) if self.label_names else None,
+                              num_speakers=self.num_speakers, cfg=self.cfg, rngs=rngs)
+        if self.one_stage is not None:  # last, so the other modules draw the same init as in a two-stage run
+            model.distill_heads = self.one_stage.heads(self.encoder_config, rngs)
+        return model
 
     def _optim_config(self, optim_cfg: Any) -> Any:
         cfg = optim_cfg.copy_and_resolve_references()
@@ -107,19 +130,24 @@ class FineTune:
         cfg.groups = groups
         return cfg
 
-    def _load_encoder(self) -> nnx.State:
+    def _load_encoder(self) -> nnx.State | None:
+        if self.encoder_dir is None:  # one-stage student built from the teacher
+            return self.one_stage.student_params(self.encoder_config)
         overrides = dict(self.cfg.get("encoder_overrides", {}) or {})
         return jax.tree.map(np.asarray, nnx.state(hf.from_pretrained(self.encoder_dir, **overrides), nnx.Param))
 
     # ---- the Task protocol --------------------------------------------------------------------------------------
     def init(self, config: Any, rng: jax.Array) -> TrainState:
-        """Heads at random, the encoder from the checkpoint (or random for the baseline); BatchNorm stats in extra."""
+        """Heads at random, the encoder from the checkpoint (or random for the baseline); BatchNorm stats (and a
+        one-stage run's teacher) in extra."""
         model = self._model(nnx.Rngs(params=jax.random.fold_in(rng, 0)))
         if self.pretrained is not None:
             nnx.update(model.encoder, jax.tree.map(jnp.asarray, self.pretrained))
         params = nnx.state(model, nnx.Param)
-        stats = nnx.state(model, nnx.BatchStat)
-        return TrainState.create(params, self.opt.tx.init(params), rng, extra=stats)
+        extra = {"stats": nnx.state(model, nnx.BatchStat)}
+        if self.one_stage is not None:
+            extra["teacher"] = jax.tree.map(jnp.asarray, self.one_stage.teacher_params)
+        return TrainState.create(params, self.opt.tx.init(params), rng, extra=extra)
 
     def _encode(self, model: FineTuneModel, batch: dict, key: jax.Array | None):
         frozen = bool(self.cfg.frozen)
@@ -129,40 +157,51 @@ class FineTune:
         hidden = out.hidden_states
         if frozen:  # no backward pass through a frozen encoder at all
             hidden = jax.lax.stop_gradient(hidden)
-        return hidden, out.frame_mask
+        return hidden, out
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One step on w_kws * L_kws + w_sv * L_sv (the streams this mode has)."""
+        """One step on w_kws * L_kws + w_sv * L_sv (the streams this mode has) [+ w * L_distill, one-stage]."""
+        targets = ({name: self.one_stage.targets(state.extra["teacher"], batch[name]) for name in self.streams}
+                   if self.one_stage is not None else None)
+
         def loss_fn(params, stats):
             # copy=True: fresh Variables of this trace, which BatchNorm may update (merge would reuse the outer ones)
             model = nnx.merge(self.train_graphdef, params, stats, copy=True)
-            total, metrics = 0.0, {}
+            total, metrics, distill = 0.0, {}, []
             for i, name in enumerate(self.streams):
                 b = batch[name]
-                hidden, mask = self._encode(model, b, state.step_key(i))
+                hidden, out = self._encode(model, b, state.step_key(i))
                 if name == "kws":
-                    loss, m = model.kws.loss(hidden, mask, b["label"])
+                    loss, m = model.kws.loss(hidden, out.frame_mask, b["label"])
                 else:
-                    loss, m = model.sv.loss(hidden, mask, b["speaker"])
+                    loss, m = model.sv.loss(hidden, out.frame_mask, b["speaker"])
                 total = total + self.weights[name] * loss
                 metrics.update({f"{name}/{k}": v for k, v in m.items()})
+                if targets is not None:
+                    distill.append(self.one_stage.loss(model.distill_heads, out, targets[name]))
+            if distill:  # mean over the streams, so `weight` means the same in single- and multi-task runs
+                d_loss, d_metrics = jax.tree.map(lambda *xs: sum(xs) / len(xs), *distill)
+                total = total + self.one_stage.weight * d_loss
+                metrics.update({f"distill/{k}": v for k, v in d_metrics.items()})
             return total, (metrics, nnx.state(model, nnx.BatchStat))
 
-        (loss, (metrics, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.extra)
+        (loss, (metrics, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params,
+                                                                                    state.extra["stats"])
         updates, opt_state = self.opt.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads), "lr": self.opt.lr(state.step)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=stats), metrics
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             extra={**state.extra, "stats": stats}), metrics
 
     def _kws_logits(self, params, stats, batch):
         model = nnx.merge(self.eval_graphdef, params, stats)
-        hidden, mask = self._encode(model, batch, None)
-        return model.kws(hidden, mask)
+        hidden, out = self._encode(model, batch, None)
+        return model.kws(hidden, out.frame_mask)
 
     def _sv_embeddings(self, params, stats, batch):
         model = nnx.merge(self.eval_graphdef, params, stats)
-        hidden, mask = self._encode(model, batch, None)
-        return model.sv.embed(hidden, mask)
+        hidden, out = self._encode(model, batch, None)
+        return model.sv.embed(hidden, out.frame_mask)
 
     def evaluate(self, state: TrainState, data: Any) -> dict[str, Any]:
         """KWS validation accuracy (SV has no validation trials here; it is scored on test at export)."""
@@ -170,7 +209,7 @@ class FineTune:
             return {}
         correct, count = 0.0, 0.0
         for batch in data["kws"]:
-            logits = self._kws_eval(state.params, state.extra, batch)
+            logits = self._kws_eval(state.params, state.extra["stats"], batch)
             valid = np.asarray(multihost_utils.process_allgather(batch["valid"], tiled=True))
             hits = np.asarray(multihost_utils.process_allgather(jnp.argmax(logits, -1) == batch["label"],
                                                                 tiled=True))
@@ -206,7 +245,7 @@ class FineTune:
     def export(self, state: TrainState, workdir: str) -> dict[str, Any]:
         """Evaluate the test split(s) with the exported (best) state; the dict is merged into results.json."""
         params = multihost_utils.process_allgather(state.params, tiled=True)
-        stats = multihost_utils.process_allgather(state.extra, tiled=True)
+        stats = multihost_utils.process_allgather(state.extra["stats"], tiled=True)
         params, stats = jax.device_put((params, stats), jax.local_devices()[0])
         test: dict[str, Any] = {}
         out: dict[str, Any] = {}
@@ -220,9 +259,16 @@ class FineTune:
             sv = eval_metrics.sv_metrics(scores, labels)
             test.update({f"sv/test/{k}": v for k, v in sv.items()})
             out["sv_scores"] = {"scores": scores.tolist(), "labels": labels.tolist()}
+        if self.one_stage is not None:  # the student exists only in this run: export it like distillation does
+            student_dir = os.path.join(workdir, "student_hf")
+            if jax.process_index() == 0:
+                hf.save_pretrained(nnx.merge(self.train_graphdef, params, stats).encoder, student_dir)
+            out["one_stage"] = {"teacher": self.one_stage.teacher_dir, "weight": self.one_stage.weight,
+                                "target_layers": list(self.one_stage.loss_cfg.target_layers), "student_hf": student_dir}
         # The fields `kdjax report` reads (kdjax.eval.report.Results).
-        out.update(name=os.path.basename(os.path.normpath(workdir)), model=self._model_info(), task=self.cfg.mode,
-                   encoder="frozen" if self.cfg.frozen else "finetuned", init=self.cfg.init, metrics=test, test=test)
+        out.update(name=os.path.basename(os.path.normpath(workdir)), model=self._model_info(workdir),
+                   task=self.cfg.mode, encoder="frozen" if self.cfg.frozen else "finetuned", init=self.cfg.init,
+                   metrics=test, test=test)
         logging.info("test: %s", test)
         return out
 
@@ -254,11 +300,12 @@ class FineTune:
         scores, labels = eval_metrics.cosine_scores(embeddings, table)
         return scores, labels
 
-    def _model_info(self) -> dict[str, Any]:
+    def _model_info(self, workdir: str) -> dict[str, Any]:
         count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
             nnx.state(nnx.eval_shape(lambda: Encoder(self.encoder_config, rngs=nnx.Rngs(0))), nnx.Param)))
-        info = {"name": str(self.cfg.get("model_name", "") or os.path.basename(os.path.normpath(self.cfg.encoder))),
-                "path": self.encoder_dir, "params": count, "size_mb": count * 4 / 2**20}
+        path = self.encoder_dir or os.path.join(workdir, "student_hf")
+        info = {"name": str(self.cfg.get("model_name", "") or os.path.basename(os.path.normpath(path))),
+                "path": path, "params": count, "size_mb": count * 4 / 2**20}
         for key, field in (("role", "role"), ("teacher", "teacher_name")):
             if self.cfg.get(field):
                 info[key] = str(self.cfg.get(field))
