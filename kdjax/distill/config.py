@@ -39,9 +39,12 @@ def student_fields(exclude: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
 
 
 def loss_fields() -> ml_collections.ConfigDict:
-    """The distillation loss settings (kdjax.distill.losses.LossConfig) as a ConfigDict."""
-    return ml_collections.ConfigDict({k: (list(v) if isinstance(v, tuple) else v)
-                                      for k, v in LossConfig().__dict__.items()})
+    """The distillation loss settings (kdjax.distill.losses.LossConfig) as a ConfigDict.
+
+    Layer lists stay tuples: config flags override tuples (`--config.distill.loss.target_layers='(4, 8, 12)'`), not
+    lists; a list assigned in a config file is converted.
+    """
+    return ml_collections.ConfigDict(dict(LossConfig().__dict__))
 
 
 def distill_config() -> ml_collections.ConfigDict:

@@ -134,3 +134,15 @@ def test_one_stage_config_errors_name_the_field(teacher, tiny_data_dir, tmp_path
     config.finetune.one_stage.student.num_hidden_layers = 5
     with pytest.raises(ConfigError, match="config.finetune.one_stage.student.num_hidden_layers=5"):
         FineTune(config)
+
+
+def test_command_line_overrides_reach_the_one_stage_fields():
+    from kdjax.main import parse
+
+    config, _ = parse(["kdjax", "--config=configs/finetune_kws.py:one_stage=runs/teacher_hf", "--workdir=unused",
+                       "--config.finetune.one_stage.weight=0.5", "--config.finetune.one_stage.loss.target_layers=(2, 4)",
+                       "--config.finetune.one_stage.student.num_hidden_layers=1"])
+    one = config.finetune.one_stage
+    assert (one.teacher, one.weight, tuple(one.loss.target_layers), one.student.num_hidden_layers) == \
+        ("runs/teacher_hf", 0.5, (2, 4), 1)
+    assert config.finetune.frozen is False  # one-stage trains the encoder unless told otherwise
