@@ -5,8 +5,9 @@ Stages (each cached in the workdir: a finished stage is reused when the demo run
   2. teacher   the small HuBERT teacher shipped with kdjax (made by configs/pretrain_tiny_hubert.py), loaded with
                kdjax.from_pretrained like any Hugging Face checkpoint; `--pretrain` re-makes it in WORKDIR/pretrain
   3. distill   DistilHuBERT-style distillation into a 1-layer student (>= 75% fewer parameters)
-  4. finetune  teacher and student on KWS and SV (frozen, SUPERB-style) and multi-task fine-tuned, plus the
-               baseline: the student's architecture trained from scratch on the tasks
+  4. finetune  teacher and student on KWS and SV with frozen encoders (SUPERB-style), plus the baseline: the
+               student's architecture trained from scratch on the tasks. `--full` adds fine-tuned encoders,
+               multi-task and one-stage runs (the student distilled while it is fine-tuned)
   5. report    WORKDIR/report.md (+ report.json, PNG plots) and a per-stage timing breakdown
 """
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Run:
     """One fine-tuning run of the grid."""
 
     name: str
-    model: str  # "teacher" | "student" | "baseline"
+    model: str  # "teacher" | "student" | "baseline" | "one_stage" (a student distilled while it is fine-tuned)
     mode: str  # "kws" | "sv" | "multitask"
     frozen: bool
 
@@ -45,7 +46,8 @@ DEFAULT_GRID = (
 FULL_GRID = tuple(Run(f"{m}_{t}_{'frozen' if f else 'finetuned'}", m, t, f)
                   for m in ("teacher", "student") for t in ("kws", "sv", "multitask") for f in (True, False)) + (
     Run("baseline_kws", "baseline", "kws", False), Run("baseline_sv", "baseline", "sv", False),
-    Run("baseline_multitask", "baseline", "multitask", False))
+    Run("baseline_multitask", "baseline", "multitask", False)) + tuple(
+    Run(f"one_stage_{t}", "one_stage", t, False) for t in ("kws", "sv", "multitask"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +55,14 @@ class Plan:
     """Sizes of one demo: `default` fits the time budget on 2 CPU cores; `tiny` is the CI smoke test."""
 
     dataset_suffix: str = ""
-    distill_steps: int = 300
+    distill_steps: int = 200
     distill_batch: int = 8
     distill_seconds: float = 2.0
     kws_steps: int = 300
-    sv_steps: int = 200
+    sv_steps: int = 150
     batch: int = 16
     sv_seconds: float = 2.0
-    eval_every: int = 100
+    eval_every: int = 150
     target_layers: tuple[int, ...] = (2, 4, 6, 8)
     devices: int = 0  # 0: every device; the tiny plan uses one (its steps compile faster unpartitioned on CPU)
     sv_width: int = 256  # x-vector width (SUPERB: 512); halved so the SV runs fit the budget on 2 CPU cores
@@ -131,7 +133,6 @@ def _distill(workdir: str, data_dir: str, teacher: str, plan: Plan) -> str:
     from kdjax.models.hf import read_config
     from kdjax.train.loop import train_and_evaluate
 
-    teacher_layers = read_config(teacher).num_hidden_layers
     config = distill_config()
     config.seed = 0
     config.total_steps = plan.distill_steps
@@ -145,7 +146,7 @@ def _distill(workdir: str, data_dir: str, teacher: str, plan: Plan) -> str:
     d = config.distill
     d.teacher = teacher
     d.student.num_hidden_layers = 1
-    d.loss.target_layers = [t for t in plan.target_layers if t <= teacher_layers] or [teacher_layers]
+    d.loss.target_layers = _target_layers(plan, read_config(teacher).num_hidden_layers)
     d.update(dataset=f"synthetic_speech/unlabeled{plan.dataset_suffix}", train_split="train",
              eval_split="validation", max_seconds=plan.distill_seconds, eval_utterances=0)
     d.data_dir = data_dir
@@ -155,24 +156,37 @@ def _distill(workdir: str, data_dir: str, teacher: str, plan: Plan) -> str:
     return os.path.join(run_dir, "student_hf")
 
 
+def _target_layers(plan: Plan, teacher_layers: int) -> list[int]:
+    return [t for t in plan.target_layers if t <= teacher_layers] or [teacher_layers]
+
+
 def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], plan: Plan) -> str:
     from kdjax.finetune.config import make_config
+    from kdjax.models.hf import read_config
     from kdjax.train.loop import train_and_evaluate
 
-    encoder = encoders["student" if run.model == "baseline" else run.model]
-    init = "random" if run.model == "baseline" else "pretrained"
-    config = make_config(run.mode, f"encoder={encoder},frozen={run.frozen},init={init},role={run.model},"
-                                   f"name={run.model},teacher=teacher")
+    if run.model == "one_stage":  # the demo's student architecture, built from the teacher and distilled as it trains
+        config = make_config(run.mode, f"one_stage={encoders['teacher']},role=student,name=student_one_stage,"
+                                       "teacher=teacher")
+        one = config.finetune.one_stage
+        one.student.num_hidden_layers = 1
+        one.loss.target_layers = _target_layers(plan, read_config(encoders["teacher"]).num_hidden_layers)
+    else:
+        encoder = encoders["student" if run.model == "baseline" else run.model]
+        init = "random" if run.model == "baseline" else "pretrained"
+        config = make_config(run.mode, f"encoder={encoder},frozen={run.frozen},init={init},role={run.model},"
+                                       f"name={run.model},teacher=teacher")
     config.total_steps = plan.kws_steps if run.mode == "kws" else plan.sv_steps
     config.batch_size = plan.batch
     config.mesh.devices = plan.devices
     config.log_every = max(1, min(50, config.total_steps // 5))
     config.eval_every = plan.eval_every
     config.checkpoint.save_every = config.total_steps
-    config.optim.lr = 1e-3 if run.frozen or run.model == "baseline" else 2e-4
+    config.optim.lr = 1e-3 if run.frozen or run.model in ("baseline", "one_stage") else 2e-4
+    encoder_lr = {"baseline": 1e-3, "one_stage": 5e-4}.get(run.model, 1e-4)  # one-stage: the distillation's lr
     config.finetune.update(data_dir=data_dir, kws_dataset=f"synthetic_speech/kws{plan.dataset_suffix}",
                            sv_dataset=f"synthetic_speech/sv{plan.dataset_suffix}", sv_seconds=plan.sv_seconds,
-                           encoder_lr=1e-4 if run.model != "baseline" else 1e-3, sv_width=plan.sv_width,
+                           encoder_lr=encoder_lr, sv_width=plan.sv_width,
                            sv_embed_dim=min(plan.sv_width, 512))
     if plan.dataset_suffix:
         config.finetune.update(eval_batch_size=8)
