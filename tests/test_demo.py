@@ -24,3 +24,13 @@ def test_tiny_demo_runs_every_stage(tmp_path):
     # a second run reuses every finished stage
     again = demo.run_demo(str(workdir), size="tiny", pretrain=True)
     assert len(again) == len(rows)
+    # the one-stage runs of --full: a student built from the teacher and distilled while it is fine-tuned
+    one_stage = next(run for run in demo.FULL_GRID if run.name == "one_stage_kws")
+    encoders = {"teacher": str(workdir / "pretrain" / "teacher_hf"), "student": str(workdir / "distill" / "student_hf")}
+    run_dir = demo._finetune(str(workdir), str(workdir / "data"), one_stage, encoders, demo.PLANS["tiny"])
+    results = json.loads((workdir / "one_stage_kws" / "results.json").read_text())
+    distilled = json.loads((workdir / "distill" / "results.json").read_text())
+    assert results["one_stage"]["target_layers"] == list(distilled["config"]["distill"]["loss"]["target_layers"])
+    assert results["model"]["role"] == "student" and results["encoder"] == "finetuned"
+    assert 0.0 <= results["metrics"]["kws/test/accuracy"] <= 1.0
+    assert (workdir / "one_stage_kws" / "student_hf" / "model.safetensors").exists() and run_dir.endswith("one_stage_kws")
