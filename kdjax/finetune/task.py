@@ -7,6 +7,10 @@
     config.finetune.frozen    True: only heads and layer weights train; the encoder runs in eval mode and its params
                               stay bit-identical. False: the encoder trains too (lr encoder_lr, SpecAugment on), the
                               conv feature encoder stays frozen unless freeze_feature_encoder=False.
+    config.finetune.mask_time_prob / mask_time_length / mask_time_min_masks
+                              the time masking of fine-tuned encoders (HF's wav2vec2/HuBERT fine-tuning defaults
+                              0.05 / 10 / 2), applied whatever the checkpoint was saved with: a pre-training config
+                              masks far more (0.65), a distilled student not at all; encoder_overrides wins
 
     config.finetune.one_stage Distillation and task losses in one run (kdjax.finetune.one_stage); off by default.
 
@@ -78,7 +82,10 @@ class FineTune:
             self.one_stage = one_stage.OneStage(cfg.one_stage, resolve_encoder_dir(cfg.one_stage.teacher,
                                                                                   "config.finetune.one_stage.teacher"),
                                                 cfg.init)
-        overrides = dict(cfg.get("encoder_overrides", {}) or {})
+        self.encoder_overrides = overrides = dict(cfg.get("encoder_overrides", {}) or {})
+        if not cfg.frozen:  # SpecAugment-style time masking while the encoder trains, whatever the checkpoint says
+            for name in ("mask_time_prob", "mask_time_length", "mask_time_min_masks"):
+                overrides.setdefault(name, cfg[name])
         if self.one_stage is not None and not cfg.encoder:  # the student is built from the teacher
             self.encoder_dir = None
             self.encoder_config = dataclasses.replace(self.one_stage.student_config(), **overrides)
@@ -133,8 +140,8 @@ class FineTune:
     def _load_encoder(self) -> nnx.State | None:
         if self.encoder_dir is None:  # one-stage student built from the teacher
             return self.one_stage.student_params(self.encoder_config)
-        overrides = dict(self.cfg.get("encoder_overrides", {}) or {})
-        return jax.tree.map(np.asarray, nnx.state(hf.from_pretrained(self.encoder_dir, **overrides), nnx.Param))
+        encoder = hf.from_pretrained(self.encoder_dir, **self.encoder_overrides)
+        return jax.tree.map(np.asarray, nnx.state(encoder, nnx.Param))
 
     # ---- the Task protocol --------------------------------------------------------------------------------------
     def init(self, config: Any, rng: jax.Array) -> TrainState:

@@ -62,6 +62,28 @@ def test_multitask_step_changes_both_heads_and_the_shared_encoder(tiny_encoder, 
     assert not any(_changed(before["encoder"]["feature_encoder"], after["encoder"]["feature_encoder"]))
 
 
+@pytest.mark.parametrize("saved_prob", [0.0, 0.65])  # a distilled student's config; a pre-training config
+def test_finetuned_encoders_mask_time_as_configured_whatever_the_checkpoint_says(tmp_path, tiny_data_dir, saved_prob):
+    encoder = str(hf_utils.save_tiny(tmp_path / "enc", "hubert_base_like", mask_time_prob=saved_prob, **BASE_CONV))
+    config = _config("kws", "frozen=False", encoder, tiny_data_dir)
+    config.finetune.encoder_overrides = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                                             feat_proj_dropout=0.0, layerdrop=0.0)  # masking is the only randomness
+    batch = next(FineTune(config).train_data()["kws"])
+
+    def two_draws(prob):
+        config.finetune.mask_time_prob = prob
+        task = FineTune(config)
+        assert task.encoder_config.mask_time_prob == prob
+        state = task.init(config, jax.random.PRNGKey(0))
+        model = nnx.merge(task.train_graphdef, state.params, state.extra["stats"])
+        return [np.asarray(task._encode(model, batch, jax.random.PRNGKey(k))[1].last_hidden_state) for k in (1, 2)]
+
+    a, b = two_draws(0.05)
+    assert not np.allclose(a, b)  # different keys mask different frames
+    a, b = two_draws(0.0)
+    np.testing.assert_array_equal(a, b)
+
+
 def test_pretrained_weights_are_loaded_into_the_encoder(tiny_encoder, tiny_data_dir):
     import kdjax
 

@@ -31,7 +31,9 @@ def _config(mode, teacher, data_dir, *, weight=1.0, args=""):
     one = config.finetune.one_stage
     one.weight = weight
     one.student.num_hidden_layers = 1
-    one.student.update(NO_DROPOUT)  # a deterministic student forward, so the step's loss can be recomputed
+    # A deterministic student forward (no dropout, no time masking), so the step's loss can be recomputed.
+    one.student.update(NO_DROPOUT)
+    config.finetune.mask_time_prob = 0.0
     one.loss.target_layers = [1, 3]
     return config
 
@@ -91,7 +93,7 @@ def test_weight_zero_trains_exactly_like_two_stage_and_weight_one_does_not(teach
     student_dir = tmp_path / "student_hf"
     save_pretrained(nnx.merge(task.train_graphdef, state.params, state.extra["stats"]).encoder, student_dir)
     two_stage = make_config("multitask", f"runlocal,encoder={student_dir},frozen=False")
-    two_stage.finetune.data_dir = tiny_data_dir
+    two_stage.finetune.update(data_dir=tiny_data_dir, mask_time_prob=0.0)
     two_stage.mesh.devices = 1
 
     _, reference = _two_steps(two_stage)
