@@ -41,13 +41,13 @@ def training_curves(history: list[dict[str, Any]], title: str, path: str, max_pa
 def det(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str) -> str:
     """DET curves (normal-deviate axes) for (name, scores, labels) triples, EER in the legend."""
     fig, ax = plt.subplots(figsize=(5, 5))
-    lo, hi = 1e-3, 0.5
-    for name, scores, labels in curves:
+    eers = [metrics.eer(scores, labels)[0] for _, scores, labels in curves]
+    lo, hi = 1e-3, 0.5 if max(eers, default=0.0) < 0.2 else 0.95  # weak systems: show the whole curve
+    for (name, scores, labels), eer in zip(curves, eers):
         p_fa, p_miss, _ = metrics.det_curve(scores, labels)
         x, y = np.clip(p_fa, lo / 2, 1 - lo / 2), np.clip(p_miss, lo / 2, 1 - lo / 2)
-        eer = metrics.eer(scores, labels)[0]
         ax.plot(_PROBIT(x), _PROBIT(y), label=f"{name} (EER {100 * eer:.2f}%)")
-    ticks = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4) if lo <= t <= hi]
+    ticks = [t for t in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.9) if lo <= t <= hi]
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_ticks(_PROBIT(ticks), [f"{100 * t:g}" for t in ticks])
     ax.set_xlim(_PROBIT(lo), _PROBIT(hi))
