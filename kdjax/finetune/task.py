@@ -8,9 +8,10 @@
                               stay bit-identical. False: the encoder trains too (lr encoder_lr, SpecAugment on), the
                               conv feature encoder stays frozen unless freeze_feature_encoder=False.
     config.finetune.mask_time_prob / mask_time_length / mask_time_min_masks
-                              the time masking of fine-tuned encoders (HF's wav2vec2/HuBERT fine-tuning defaults
-                              0.05 / 10 / 2), applied whatever the checkpoint was saved with: a pre-training config
-                              masks far more (0.65), a distilled student not at all; encoder_overrides wins
+                              the time masking of fine-tuned encoders (0.05 / 10 / 0: HF's probability and span,
+                              but no minimum span count, since HF's 2 would mask ~40% of a 1 s clip), applied
+                              whatever the checkpoint was saved with: a pre-training config masks far more (0.65), a
+                              distilled student not at all; encoder_overrides wins
 
     config.finetune.one_stage Distillation and task losses in one run (kdjax.finetune.one_stage); off by default.
 

@@ -71,9 +71,9 @@ def test_finetuned_encoders_mask_time_as_configured_whatever_the_checkpoint_says
     batch = next(FineTune(config).train_data()["kws"])
 
     def two_draws(prob):
-        config.finetune.mask_time_prob = prob
+        config.finetune.update(mask_time_prob=prob, mask_time_min_masks=2)  # 2 spans: every clip is masked
         task = FineTune(config)
-        assert task.encoder_config.mask_time_prob == prob
+        assert (task.encoder_config.mask_time_prob, task.encoder_config.mask_time_min_masks) == (prob, 2)
         state = task.init(config, jax.random.PRNGKey(0))
         model = nnx.merge(task.train_graphdef, state.params, state.extra["stats"])
         return [np.asarray(task._encode(model, batch, jax.random.PRNGKey(k))[1].last_hidden_state) for k in (1, 2)]
