@@ -33,4 +33,5 @@ def test_tiny_demo_runs_every_stage(tmp_path):
     assert results["one_stage"]["target_layers"] == list(distilled["config"]["distill"]["loss"]["target_layers"])
     assert results["model"]["role"] == "student" and results["encoder"] == "finetuned"
     assert 0.0 <= results["metrics"]["kws/test/accuracy"] <= 1.0
-    assert (workdir / "one_stage_kws" / "student_hf" / "model.safetensors").exists() and run_dir.endswith("one_stage_kws")
+    assert run_dir.endswith("one_stage_kws")
+    assert (workdir / "one_stage_kws" / "student_hf" / "model.safetensors").exists()

@@ -131,9 +131,10 @@ class HintProjections(nnx.Module):
             + self.bias[...].astype(h.dtype)[:, None, None, :]
 
 
-def make_heads(cfg: LossConfig, student: EncoderConfig, teacher: EncoderConfig, *, rngs: nnx.Rngs) -> nnx.Module:
-    """The heads of `cfg.mode` from the student's width to the teacher's."""
-    cfg.validate(student, teacher)
+def make_heads(cfg: LossConfig, student: EncoderConfig, teacher: EncoderConfig, *, rngs: nnx.Rngs,
+               where: str = "config.distill.loss") -> nnx.Module:
+    """The heads of `cfg.mode` from the student's width to the teacher's; errors name the fields under `where`."""
+    cfg.validate(student, teacher, where)
     if cfg.mode == "prediction":
         return PredictionHeads(student.hidden_size, teacher.hidden_size, len(cfg.target_layers), cfg.head_inter_dim,
                                rngs=rngs)

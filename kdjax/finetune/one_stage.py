@@ -74,10 +74,7 @@ class OneStage:
 
     def heads(self, student_config: EncoderConfig, rngs: nnx.Rngs) -> nnx.Module:
         """The prediction heads (or hint projections) from the student's width to the teacher's."""
-        try:
-            return make_heads(self.loss_cfg, student_config, self.teacher_config, rngs=rngs)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("config.distill.loss", f"{WHERE}.loss")) from None
+        return make_heads(self.loss_cfg, student_config, self.teacher_config, rngs=rngs, where=f"{WHERE}.loss")
 
     def targets(self, teacher_params: Any, batch: dict) -> jax.Array:
         """The teacher's target layers [N, B, T, D] for a batch (no gradient)."""

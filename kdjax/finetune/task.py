@@ -267,14 +267,15 @@ class FineTune:
             sv = eval_metrics.sv_metrics(scores, labels)
             test.update({f"sv/test/{k}": v for k, v in sv.items()})
             out["sv_scores"] = {"scores": scores.tolist(), "labels": labels.tolist()}
+        encoder_dir = self.encoder_dir
         if self.one_stage is not None:  # the student exists only in this run: export it like distillation does
-            student_dir = os.path.join(workdir, "student_hf")
+            encoder_dir = student_dir = os.path.join(workdir, "student_hf")
             if jax.process_index() == 0:
                 hf.save_pretrained(nnx.merge(self.train_graphdef, params, stats).encoder, student_dir)
             out["one_stage"] = {"teacher": self.one_stage.teacher_dir, "weight": self.one_stage.weight,
                                 "target_layers": list(self.one_stage.loss_cfg.target_layers), "student_hf": student_dir}
         # The fields `kdjax report` reads (kdjax.eval.report.Results).
-        out.update(name=os.path.basename(os.path.normpath(workdir)), model=self._model_info(workdir),
+        out.update(name=os.path.basename(os.path.normpath(workdir)), model=self._model_info(encoder_dir),
                    task=self.cfg.mode, encoder="frozen" if self.cfg.frozen else "finetuned", init=self.cfg.init,
                    metrics=test, test=test)
         logging.info("test: %s", test)
@@ -308,10 +309,9 @@ class FineTune:
         scores, labels = eval_metrics.cosine_scores(embeddings, table)
         return scores, labels
 
-    def _model_info(self, workdir: str) -> dict[str, Any]:
+    def _model_info(self, path: str) -> dict[str, Any]:
         count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(
             nnx.state(nnx.eval_shape(lambda: Encoder(self.encoder_config, rngs=nnx.Rngs(0))), nnx.Param)))
-        path = self.encoder_dir or os.path.join(workdir, "student_hf")
         info = {"name": str(self.cfg.get("model_name", "") or os.path.basename(os.path.normpath(path))),
                 "path": path, "params": count, "size_mb": count * 4 / 2**20}
         for key, field in (("role", "role"), ("teacher", "teacher_name")):

@@ -75,7 +75,8 @@ class FineTuneModel(nnx.Module):
         self.sv = (SVDownstream(layers, dim, num_speakers, featurizer=cfg.featurizer, head=cfg.sv_head,
                                 loss=cfg.sv_loss, embed_dim=cfg.sv_embed_dim or None, width=cfg.sv_width, rngs=rngs)
                    if num_speakers else None)
-        self.distill_heads = nnx.data(None)  # one-stage runs set DistilHuBERT's prediction heads (kdjax.finetune.one_stage)
+        # One-stage runs set DistilHuBERT's prediction heads here (kdjax.finetune.one_stage).
+        self.distill_heads = nnx.data(None)
 
 
 def param_label(path: tuple) -> str:

@@ -72,7 +72,8 @@ def test_student_starts_from_the_teachers_first_layer(teacher, tiny_data_dir):
     assert task.encoder_config.num_hidden_layers == 1
     for a, b in zip(jax.tree.leaves(ref["layers"][0]), jax.tree.leaves(state.params["encoder"]["layers"][0])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    for a, b in zip(jax.tree.leaves(ref["feature_encoder"]), jax.tree.leaves(state.params["encoder"]["feature_encoder"])):
+    conv = state.params["encoder"]["feature_encoder"]
+    for a, b in zip(jax.tree.leaves(ref["feature_encoder"]), jax.tree.leaves(conv)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -136,13 +137,21 @@ def test_one_stage_config_errors_name_the_field(teacher, tiny_data_dir, tmp_path
     config.finetune.one_stage.student.num_hidden_layers = 5
     with pytest.raises(ConfigError, match="config.finetune.one_stage.student.num_hidden_layers=5"):
         FineTune(config)
+    config = _config("kws", teacher, tiny_data_dir, weight=-0.5)
+    with pytest.raises(ConfigError, match=r"config.finetune.one_stage.weight=-0.5 must be >= 0"):
+        FineTune(config)
+    config = _config("kws", teacher, tiny_data_dir)
+    config.finetune.one_stage.student.init = "random"
+    with pytest.raises(ConfigError, match=r"config.finetune.one_stage.student.init: set config.finetune.init"):
+        FineTune(config)
 
 
 def test_command_line_overrides_reach_the_one_stage_fields():
     from kdjax.main import parse
 
     config, _ = parse(["kdjax", "--config=configs/finetune_kws.py:one_stage=runs/teacher_hf", "--workdir=unused",
-                       "--config.finetune.one_stage.weight=0.5", "--config.finetune.one_stage.loss.target_layers=(2, 4)",
+                       "--config.finetune.one_stage.weight=0.5",
+                       "--config.finetune.one_stage.loss.target_layers=(2, 4)",
                        "--config.finetune.one_stage.student.num_hidden_layers=1"])
     one = config.finetune.one_stage
     assert (one.teacher, one.weight, tuple(one.loss.target_layers), one.student.num_hidden_layers) == \
