@@ -38,17 +38,17 @@ def kdjax_step(args, x: np.ndarray, mask: np.ndarray):
 
     t_cfg = preset("facebook/hubert-base-ls960", dtype=args.teacher_dtype, mask_time_prob=0.0)
     s_cfg = student_config(t_cfg, {"remat": args.remat, "init": "random"})
-    state, train_step = distill_setup(t_cfg, s_cfg, LossConfig(), args.feature_grad_mult)
+    state, teacher, train_step = distill_setup(t_cfg, s_cfg, LossConfig(), args.feature_grad_mult)
     step = jax.jit(train_step)
     batch = {"input_values": jax.numpy.asarray(x), "attention_mask": jax.numpy.asarray(mask)}
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(state, batch, teacher).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
     holder = {"state": state}
 
     def run():
-        new_state, metrics = step(holder["state"], batch)
+        new_state, metrics = step(holder["state"], batch, teacher)
         jax.block_until_ready(metrics["loss"])
         holder["state"] = new_state  # no donation: the old state stays valid, as in the PyTorch loop
 

@@ -1,17 +1,37 @@
-r"""Multi-task fine-tuning: one shared encoder, a KWS head and an SV head; each step takes a KWS batch and an SV batch
-and minimises w_kws * L_kws + w_sv * L_sv (weights: config.finetune.kws_weight / sv_weight).
+r"""Multi-task fine-tuning (the paper's joint model): one shared encoder, a KWS head and an SV head; each step takes a
+KWS batch and an SV batch and minimises w_kws * L_kws + w_sv * L_sv.
 
 Launch (the exact command; add `--config.field=value` overrides at the end):
 
   kdjax prepare synthetic_speech/kws && kdjax prepare synthetic_speech/sv
-  python -m kdjax.main --config=configs/finetune_multitask.py:encoder=runs/distill,frozen=False --workdir=runs/mt
+  python -m kdjax.main --config=configs/finetune_multitask.py:frozen=False --workdir=runs/mt \
+      --config.finetune.encoder=runs/distill
 
-Variant args (comma separated after the colon): `encoder=PATH`, `frozen=True|False`, `init=pretrained|random`,
-`one_stage=TEACHER` (distillation + task losses in one run, see kdjax/finetune/one_stage.py), `runlocal`, `steps=N`.
+Variant args (kdjax.finetune.config.variants): `frozen=True|False`, `init=pretrained|random`, `one_stage` (give
+--config.finetune.one_stage.teacher=DIR), `steps=N`, `runlocal`.
 """
-from kdjax.finetune.config import make_config
+from kdjax.finetune.config import finetune_config, variants
 
 
 def get_config(arg=None):
     """The multi-task fine-tuning config; `arg` holds variant args (see the module docstring)."""
-    return make_config("multitask", arg)
+    config = finetune_config("multitask")
+    config.seed = 0
+    config.total_steps = 2000
+    config.batch_size = 32  # per stream: each step sees 32 KWS clips and 32 SV utterances
+    config.log_every = 50
+    config.eval_every = 250  # KWS validation accuracy picks the exported checkpoint
+    config.checkpoint.update(save_every=500, keep=1)
+    config.optim.update(name="adamw", lr=1e-4, schedule="constant", warmup_frac=0.0, b1=0.9, b2=0.999, eps=1e-8,
+                        weight_decay=1e-4, clip_norm=1.0)
+    ft = config.finetune
+    ft.update(frozen=True, featurizer="weighted_sum", kws_weight=1.0, sv_weight=1.0,
+              kws_dataset="synthetic_speech/kws", kws_seconds=1.0,
+              sv_dataset="synthetic_speech/sv", sv_seconds=3.0, sv_eval_max_seconds=8.0, sv_head="xvector",
+              sv_loss="aam", sv_width=512, sv_embed_dim=0, eval_batch_size=32)
+    ft.update(freeze_feature_encoder=True, encoder_lr=5e-5, mask_time_prob=0.05, mask_time_length=10,
+              mask_time_min_masks=0)  # used when frozen=False
+    ft.one_stage.update(weight=1.0)
+    ft.one_stage.student.num_hidden_layers = 2
+    ft.one_stage.loss.target_layers = (4, 8, 12)
+    return variants(config, arg)

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="run the whole grid, not the default subset")
     p.add_argument("--size", default="default", choices=["default", "tiny"], help="tiny: the CI smoke test")
     p.add_argument("--pretrain", action="store_true",
-                   help="pre-train the teacher (configs/pretrain_tiny_hubert.py) instead of using the shipped one")
+                   help="pre-train the teacher (kdjax/pretrain/tiny_hubert_config.py) instead of using the shipped one")
     p.set_defaults(fn=_demo)
 
     p = sub.add_parser("prepare", help="prepare a dataset (DATASET[/CONFIG]) as ArrayRecord")
@@ -81,14 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `kdjax` console script."""
+    """Entry point of the `kdjax` console script (kdjax errors: one line, exit 2; KDJAX_VERBOSE=1: traceback)."""
+    from kdjax.errors import reported
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "train":
         args.overrides = list(args.overrides) + extra
-    return int(args.fn(args) or 0)
+    if argv is not None:  # called from Python (tests, notebooks): errors propagate as exceptions
+        return int(args.fn(args) or 0)
+    with reported():
+        return int(args.fn(args) or 0)
 
 
 if __name__ == "__main__":

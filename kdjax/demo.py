@@ -2,7 +2,7 @@
 
 Stages (each cached in the workdir: a finished stage is reused when the demo runs again):
   1. prepare   synthetic_speech/{kws,sv,unlabeled} into WORKDIR/data
-  2. teacher   the small HuBERT teacher shipped with kdjax (made by configs/pretrain_tiny_hubert.py), loaded with
+  2. teacher   the small HuBERT teacher shipped with kdjax (made by kdjax/pretrain/tiny_hubert_config.py), loaded with
                kdjax.from_pretrained like any Hugging Face checkpoint; `--pretrain` re-makes it in WORKDIR/pretrain
   3. distill   DistilHuBERT-style distillation into a 1-layer student (>= 75% fewer parameters)
   4. finetune  teacher and student on KWS and SV with frozen encoders (SUPERB-style), plus the baseline: the
@@ -111,16 +111,13 @@ def _teacher(workdir: str, data_dir: str, plan: Plan, pretrain: bool) -> str:
     if not pretrain:
         if not os.path.exists(os.path.join(TEACHER_ASSET, "model.safetensors")):
             raise ConfigError(f"the shipped teacher is missing ({TEACHER_ASSET}); run `kdjax demo --pretrain`")
-        print(f"teacher: {TEACHER_ASSET} (shipped; made by configs/pretrain_tiny_hubert.py)")
+        print(f"teacher: {TEACHER_ASSET} (shipped; made by kdjax/pretrain/tiny_hubert_config.py)")
         return TEACHER_ASSET
-    from kdjax.main import parse
+    from kdjax.pretrain.tiny_hubert_config import get_config
     from kdjax.train.loop import train_and_evaluate
 
-    config_file = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                               "pretrain_tiny_hubert.py")
-    variant = ":runlocal" if plan.dataset_suffix else ""
-    config, run_dir = parse(["kdjax", f"--config={config_file}{variant}", f"--workdir={workdir}/pretrain"])
-    config.unlock()
+    config = get_config("runlocal" if plan.dataset_suffix else None)
+    run_dir = os.path.join(workdir, "pretrain")
     config.pretrain.data_dir = data_dir
     config.mesh.devices = plan.devices
     if not _done(run_dir):
@@ -161,27 +158,35 @@ def _target_layers(plan: Plan, teacher_layers: int) -> list[int]:
 
 
 def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], plan: Plan) -> str:
-    from kdjax.finetune.config import make_config
+    from kdjax.finetune.config import finetune_config, variants
     from kdjax.models.hf import read_config
     from kdjax.train.loop import train_and_evaluate
 
-    if run.model == "one_stage":  # the demo's student architecture, built from the teacher and distilled as it trains
-        config = make_config(run.mode, f"one_stage={encoders['teacher']},role=student,name=student_one_stage,"
-                                       "teacher=teacher")
-        one = config.finetune.one_stage
-        one.student.num_hidden_layers = 1
-        one.loss.target_layers = _target_layers(plan, read_config(encoders["teacher"]).num_hidden_layers)
+    config = finetune_config(run.mode)
+    ft = config.finetune
+    ft.teacher_name = "teacher"
+    if run.mode == "kws":  # kdjax's KWS recipe (configs/finetune_kws.py): Adam, no weight decay
+        config.optim.update(name="adam", weight_decay=0.0)
     else:
-        encoder = encoders["student" if run.model == "baseline" else run.model]
+        config.optim.update(name="adamw", weight_decay=1e-4)
+    config.optim.update(schedule="constant", warmup_frac=0.0, b2=0.999, eps=1e-8, clip_norm=1.0)
+    if run.model == "one_stage":  # the demo's student architecture, built from the teacher and distilled as it trains
+        variants(config, "one_stage")
+        ft.update(role="student", model_name="student_one_stage")
+        ft.one_stage.teacher = encoders["teacher"]
+        ft.one_stage.student.num_hidden_layers = 1
+        ft.one_stage.loss.target_layers = _target_layers(plan, read_config(encoders["teacher"]).num_hidden_layers)
+    else:
         init = "random" if run.model == "baseline" else "pretrained"
-        config = make_config(run.mode, f"encoder={encoder},frozen={run.frozen},init={init},role={run.model},"
-                                       f"name={run.model},teacher=teacher")
+        variants(config, f"frozen={run.frozen},init={init}")
+        ft.update(encoder=encoders["student" if run.model == "baseline" else run.model], role=run.model,
+                  model_name=run.model)
     config.total_steps = plan.kws_steps if run.mode == "kws" else plan.sv_steps
     config.batch_size = plan.batch
     config.mesh.devices = plan.devices
     config.log_every = max(1, min(50, config.total_steps // 5))
     config.eval_every = plan.eval_every
-    config.checkpoint.save_every = config.total_steps
+    config.checkpoint.update(save_every=config.total_steps, keep=1)
     config.optim.lr = 1e-3 if run.frozen or run.model in ("baseline", "one_stage") else 2e-4
     encoder_lr = {"baseline": 1e-3, "one_stage": 5e-4}.get(run.model, 1e-4)  # one-stage: the distillation's lr
     config.finetune.update(data_dir=data_dir, kws_dataset=f"synthetic_speech/kws{plan.dataset_suffix}",
@@ -208,7 +213,9 @@ def inference_ms_per_second(encoder_dir: str, *, batch: int = 4, seconds: float 
 
     graphdef, state = nnx.split(from_pretrained(encoder_dir))
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x).last_hidden_state)
-    x = np.random.default_rng(0).standard_normal((batch, int(16000 * seconds))).astype(np.float32)
+    from kdjax.data.audio import SAMPLE_RATE
+
+    x = np.random.default_rng(0).standard_normal((batch, int(SAMPLE_RATE * seconds))).astype(np.float32)
     forward(state, x).block_until_ready()
     times = []
     for _ in range(repeats):
@@ -246,8 +253,8 @@ def _report(workdir: str, run_dirs: list[str], encoders: dict[str, str], stages:
         path = os.path.join(run_dir, "results.json")
         with open(path) as f:
             results = json.load(f)
-        role = results.get("model", {}).get("role", "")
-        results["model"]["inference_ms_per_s"] = speed["student" if role == "baseline" else role]
+        role = results["export"]["model"].get("role", "")
+        results["export"]["model"]["inference_ms_per_s"] = speed["student" if role == "baseline" else role]
         with open(path + ".tmp", "w") as f:
             json.dump(results, f)
         os.replace(path + ".tmp", path)

@@ -1,4 +1,7 @@
 """The one exception module of kdjax: every error names the file, key or setting and what was expected."""
+import contextlib
+import os
+import sys
 
 
 class KdjaxError(Exception):
@@ -19,3 +22,15 @@ class AudioError(KdjaxError, ValueError):
 
 class DatasetError(KdjaxError):
     """A dataset, manifest, label set or trial list is malformed or incomplete."""
+
+
+@contextlib.contextmanager
+def reported(prog: str = "kdjax"):
+    """Entry points: a KdjaxError becomes one line on stderr and exit code 2 (KDJAX_VERBOSE=1: the traceback)."""
+    try:
+        yield
+    except KdjaxError as e:
+        if os.environ.get("KDJAX_VERBOSE", "") not in ("", "0"):
+            raise
+        sys.stderr.write(f"{prog}: {type(e).__name__}: {e}\n")
+        sys.exit(2)

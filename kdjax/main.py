@@ -1,123 +1,39 @@
 """absl entry point: python -m kdjax.main --config=configs/x.py[:args] --workdir=DIR [--config.field=value ...]
 
-Dispatches on config.task through kdjax.train.loop.train_and_evaluate; re-running on a workdir resumes it.
+Dispatches on config.task through kdjax.train.loop.train_and_evaluate; re-running on a workdir resumes it. A kdjax
+error is printed as one line and exits 2 (KDJAX_VERBOSE=1 shows the traceback).
 """
-from __future__ import annotations
-
-import re
 import sys
-from typing import Sequence
 
-import ml_collections
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import app, logging
 
-from kdjax.errors import ConfigError
-
-_OVERRIDE = re.compile(r"^--?config\.([^=\s]+)")
+from kdjax.errors import reported
+from kdjax.train import config_file
 
 
-def _define(fv: flags.FlagValues, argv: Sequence[str] | None) -> None:
-    config_flags.DEFINE_config_file("config", None, "experiment config file, configs/x.py[:variant args]",
-                                    flag_values=fv, lock_config=True, sys_argv=list(argv) if argv else None)
-    flags.DEFINE_string("workdir", None, "run directory (checkpoints, event files, results.json)", flag_values=fv)
-
-
-def _load(config_path: str) -> ml_collections.ConfigDict:
-    fv = flags.FlagValues()
-    argv = ["kdjax", f"--config={config_path}"]
-    _define(fv, argv)
-    try:
-        fv(argv)
-    except Exception as e:  # noqa: BLE001 - absl/ml_collections raise several types for a bad file
-        raise ConfigError(f"cannot load config {config_path}: {e}") from e
-    return fv.config
-
-
-def check_overrides(config_path: str, argv: Sequence[str]) -> None:
-    """Raise ConfigError naming the first `--config.a.b=...` override whose field the config does not have."""
-    overrides = [a for a in argv if _OVERRIDE.match(a)]
-    if not overrides:
-        return
-    config = _load(config_path)
-    for arg in overrides:
-        path = _OVERRIDE.match(arg).group(1)
-        node, walked = config, []
-        for part in path.split("."):
-            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-                where = "config" + "".join(f".{w}" for w in walked)
-                fields = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else "(not a ConfigDict)"
-                raise ConfigError(f"unknown config field {path!r} in override {arg!r} for {config_path}: "
-                                  f"{where} has no field {part!r}; its fields: {fields}")
-            node, walked = node[part], walked + [part]
-
-
-def _config_path(argv: Sequence[str]) -> str | None:
-    for i, a in enumerate(argv):
-        if a.startswith("--config="):
-            return a.split("=", 1)[1]
-        if a == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return None
-
-
-def parse(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str]:
-    """(config, workdir) from a full argv (argv[0] is the program), overrides applied and checked."""
-    argv = list(argv)
-    path = _config_path(argv)
-    if path is None:
-        raise ConfigError("missing --config=configs/x.py[:args]")
-    check_overrides(path, argv)
-    fv = flags.FlagValues()
-    _define(fv, argv)
-    try:
-        fv(argv)
-    except flags.Error as e:
-        raise ConfigError(f"bad command line for {path}: {e}") from e
-    if not fv.workdir:
-        raise ConfigError("missing --workdir=DIR")
-    return fv.config, fv.workdir
-
-
-def run_from_cli(config_path: str, workdir: str, overrides: list[str]) -> int:
-    """Train `config_path` in `workdir` with `--config.field=value` overrides (used by `kdjax train`); 0 on success."""
-    from kdjax.train import loop
-
-    config, workdir = parse(["kdjax", f"--config={config_path}", f"--workdir={workdir}", *overrides])
-    loop.train_and_evaluate(config, workdir)
-    return 0
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    # absl's own flags (logging verbosity, ...) are parsed from what is left once --config/--workdir are taken.
-    ours, rest, args = [], [argv[0]], list(argv[1:])
-    while args:
-        a = args.pop(0)
-        if a.lstrip("-").startswith(("config", "workdir")):
-            ours.append(a)
-            if "=" not in a and args:  # "--workdir DIR" form
-                ours.append(args.pop(0))
-        else:
-            rest.append(a)
-    try:
-        _parse_flags.result = parse([argv[0], *ours])
-    except ConfigError as e:
-        sys.stderr.write(f"kdjax: {e}\n")
-        sys.exit(2)
-    return app.parse_flags_with_usage(rest)
-
-
-def _main(argv: list[str]) -> None:
+def train(config, workdir: str, argv: list[str]) -> None:
+    """Train `config` in `workdir` (absl has parsed its own flags, e.g. --verbosity, from argv)."""
     from kdjax.train import loop
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not any(a.lstrip("-").startswith(("v=", "verbosity")) for a in sys.argv[1:]):
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO; --verbosity=0 shows it
-    config, workdir = _parse_flags.result
+    with reported():
+        loop.train_and_evaluate(config, workdir)
+
+
+def run_from_cli(config_path: str, workdir: str, overrides: list[str]) -> int:
+    """Train `config_path` in `workdir` with `--config.field=value` overrides (used by `kdjax train`); 0 on success."""
+    from kdjax.train import loop
+
+    config, workdir = config_file.parse(["kdjax", f"--config={config_path}", f"--workdir={workdir}", *overrides])
     loop.train_and_evaluate(config, workdir)
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(_main, flags_parser=_parse_flags)
-    sys.exit(0)
+    ours = [a for a in sys.argv[1:] if a.lstrip("-").startswith(("config", "workdir"))]
+    with reported():
+        config, workdir = config_file.parse([sys.argv[0], *ours])
+    app.run(lambda argv: train(config, workdir, argv), argv=[sys.argv[0], *(a for a in sys.argv[1:] if a not in ours)])

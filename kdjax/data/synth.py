@@ -16,6 +16,8 @@ import threading
 import numpy as np
 import soxr
 
+from kdjax.data.audio import SAMPLE_RATE
+
 ESPEAK_RATE = 22_050
 ACCENTS = ("en", "en-us", "en-029", "en-gb-scotland", "en-gb-x-rp", "en-us-nyc")
 _AUDIO_OUTPUT_RETRIEVAL, _POS_CHARACTER = 1, 1
@@ -122,7 +124,7 @@ def make_speakers(n: int, seed: int, difficulty: Difficulty, prefix: str = "spk"
 def _apply_eq(x: np.ndarray, gains_db: np.ndarray) -> np.ndarray:
     """Filter with a smooth magnitude response interpolated (in log frequency) between band gains."""
     spec = np.fft.rfft(x)
-    freqs = np.fft.rfftfreq(x.shape[0], 1.0 / 16_000)
+    freqs = np.fft.rfftfreq(x.shape[0], 1.0 / SAMPLE_RATE)
     resp = np.interp(np.log(np.maximum(freqs, 1.0)), np.log(_EQ_CENTRES), gains_db)
     return np.fft.irfft(spec * 10.0 ** (resp / 20.0), n=x.shape[0]).astype(np.float32)
 
@@ -147,7 +149,7 @@ def speak(speaker: Speaker, text: str, rng: np.random.Generator, difficulty: Dif
         pitch_range=speaker.pitch_range)
     x = raw.astype(np.float32) / 32768.0
     # Vocal-tract warp: play 22.05 kHz audio as if it were warp*22.05 kHz, then resample to 16 kHz in one go.
-    x = soxr.resample(x, ESPEAK_RATE * speaker.warp, 16_000, quality="HQ").astype(np.float32)
+    x = soxr.resample(x, ESPEAK_RATE * speaker.warp, SAMPLE_RATE, quality="HQ").astype(np.float32)
     gains = np.asarray(speaker.eq_db) + rng.normal(0.0, difficulty.utt_eq_db, len(_EQ_CENTRES))
     return _apply_eq(x, gains)
 

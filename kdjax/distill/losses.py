@@ -133,8 +133,7 @@ class HintProjections(nnx.Module):
 
 def make_heads(cfg: LossConfig, student: EncoderConfig, teacher: EncoderConfig, *, rngs: nnx.Rngs,
                where: str = "config.distill.loss") -> nnx.Module:
-    """The heads of `cfg.mode` from the student's width to the teacher's; errors name the fields under `where`."""
-    cfg.validate(student, teacher, where)
+    """The heads of `cfg.mode` from the student's width to the teacher's (call cfg.validate once before)."""
     if cfg.mode == "prediction":
         return PredictionHeads(student.hidden_size, teacher.hidden_size, len(cfg.target_layers), cfg.head_inter_dim,
                                rngs=rngs)
@@ -198,13 +197,13 @@ def score_student(heads: nnx.Module, out: EncoderOutput, teacher_hidden: jax.Arr
 
 
 def distill_loss(student: Encoder, heads: nnx.Module, teacher_hidden: jax.Array, batch: Mapping[str, jax.Array],
-                 cfg: LossConfig, *, rng: jax.Array | None = None, deterministic: bool = True,
-                 freeze_feature_encoder: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 cfg: LossConfig, *, rng: jax.Array | None = None,
+                 deterministic: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Run the student on batch["input_values"] / ["attention_mask"] and score its heads against teacher_hidden.
 
     teacher_hidden: [N, B, T, D] (see teacher_targets). Returns (loss, metrics).
     """
     mask = batch.get("attention_mask")
     out = student(batch["input_values"], mask, output_hidden_states=cfg.mode == "hint",
-                  deterministic=deterministic, rng=rng, freeze_feature_encoder=freeze_feature_encoder)
+                  deterministic=deterministic, rng=rng)
     return score_student(heads, out, teacher_hidden, cfg, None if mask is None else out.frame_mask)

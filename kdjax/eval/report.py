@@ -64,6 +64,13 @@ class Results(TypedDict, total=False):
     sv_scores: SVScores
 
 
+def model_info(name: str, path: str, params: int, **fields: str) -> ModelInfo:
+    """The `model` entry of a run's results (what the table shows about its encoder); empty fields are left out."""
+    info: dict[str, Any] = {"name": name, "path": path, "params": int(params), "size_mb": params * 4 / 2**20}
+    info.update({k: v for k, v in fields.items() if v})
+    return info  # type: ignore[return-value]
+
+
 def load_results(workdir: str) -> Results:
     """Read and validate WORKDIR/results.json; errors name the file and the field."""
     path = os.path.join(workdir, RESULTS_FILE)
@@ -82,6 +89,8 @@ def load_results(workdir: str) -> Results:
 
     if not isinstance(data, dict):
         raise bad("<top level>", "a JSON object")
+    if isinstance(data.get("export"), dict) and "name" in data["export"]:  # a kdjax fine-tuning run's results.json
+        data = data["export"]
     if not isinstance(data.get("name"), str):
         raise bad("name", "a string")
     model = data.get("model")

@@ -18,6 +18,8 @@ from kdjax.models.encoder import Encoder
 class KWSDownstream(nnx.Module):
     """Featurizer (weighted sum of hidden states, or the last) + SUPERB KWS head; cross-entropy loss."""
 
+    target = "label"  # the batch key loss() reads
+
     def __init__(self, num_hidden_states: int, dim: int, num_classes: int, *, featurizer: str = "weighted_sum",
                  hidden: int = 256, rngs: nnx.Rngs):
         self.featurizer = heads.Featurizer(num_hidden_states, mode=featurizer)
@@ -28,7 +30,7 @@ class KWSDownstream(nnx.Module):
         return self.head(self.featurizer(hidden_states), frame_mask)
 
     def loss(self, hidden_states, frame_mask, labels, weights=None) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """(mean cross-entropy, {"loss", "accuracy"})."""
+        """(mean cross-entropy, {"loss", "accuracy"}) against labels [B] (batch["label"])."""
         logits = self(hidden_states, frame_mask)
         loss = heads.cross_entropy(logits, labels, weights)
         return loss, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
@@ -36,6 +38,8 @@ class KWSDownstream(nnx.Module):
 
 class SVDownstream(nnx.Module):
     """Featurizer + x-vector (SUPERB) or ECAPA-TDNN head + AM/AAM-softmax speaker classifier."""
+
+    target = "speaker"  # the batch key loss() reads
 
     def __init__(self, num_hidden_states: int, dim: int, num_speakers: int, *, featurizer: str = "weighted_sum",
                  head: str = "xvector", loss: str = "aam", embed_dim: int | None = None, width: int = 512,
@@ -57,7 +61,7 @@ class SVDownstream(nnx.Module):
         return self.head(self.featurizer(hidden_states), frame_mask)
 
     def loss(self, hidden_states, frame_mask, speakers) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """(margin-softmax loss, {"loss", "accuracy"}) of speaker classification."""
+        """(margin-softmax loss, {"loss", "accuracy"}) of speaker classification (batch["speaker"])."""
         loss, logits = self.classifier(self.embed(hidden_states, frame_mask), speakers)
         return loss, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == speakers)}
 
@@ -78,15 +82,6 @@ class FineTuneModel(nnx.Module):
         # One-stage runs set DistilHuBERT's prediction heads here (kdjax.finetune.one_stage).
         self.distill_heads = nnx.data(None)
 
-
-def param_label(path: tuple) -> str:
-    """Optimizer group of a parameter: "feature_encoder", "encoder" or "heads"."""
-    names = [str(getattr(p, "key", p)) for p in path]
-    if names and names[0] == "encoder":
-        return "feature_encoder" if len(names) > 1 and names[1] == "feature_encoder" else "encoder"
-    return "heads"
-
-
-def label_tree(params: Any) -> Any:
-    """The `param_label` of every leaf of a params pytree (for optax.multi_transform)."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: param_label(path), params)
+    def downstream(self, stream: str) -> KWSDownstream | SVDownstream:
+        """The downstream model of a stream ("kws" or "sv")."""
+        return getattr(self, stream)

@@ -3,7 +3,8 @@
 Two-stage (the paper): distil a student on unlabeled speech, then fine-tune it. One-stage: train the student on
     loss = sum_task w_task * L_task + w * L_distill
 where L_distill is DistilHuBERT's layer prediction loss (kdjax.distill.losses) on the same task batches, averaged over
-the task streams, against a frozen teacher carried in TrainState.extra["teacher"] (no dropout, no time masking).
+the task streams, against a frozen kdjax.distill.teacher.Teacher that the loop passes to every step (never part of the
+state or a checkpoint; no dropout, no time masking).
 
     config.finetune.one_stage.teacher    "" = off (two-stage); else the teacher: an HF folder or a kdjax workdir
     config.finetune.one_stage.weight     w above
@@ -25,7 +26,8 @@ import numpy as np
 from flax import nnx
 
 from kdjax.distill import student as student_lib
-from kdjax.distill.losses import LossConfig, make_heads, score_student, teacher_targets
+from kdjax.distill.losses import LossConfig, make_heads, score_student
+from kdjax.distill.teacher import Teacher
 from kdjax.errors import ConfigError
 from kdjax.models.config import EncoderConfig
 from kdjax.models.encoder import EncoderOutput
@@ -43,16 +45,12 @@ class OneStage:
     """The frozen teacher, the student it builds and the distillation loss of a one-stage run."""
 
     def __init__(self, cfg: Any, teacher_dir: str, init: str):
-        from kdjax.models.hf import from_pretrained
-
         self.weight = float(cfg.weight)
         if self.weight < 0:
             raise ConfigError(f"{WHERE}.weight={self.weight} must be >= 0")
-        teacher = from_pretrained(teacher_dir)
+        self.teacher = Teacher.load(teacher_dir)
         self.teacher_dir = teacher_dir
-        self.teacher_config: EncoderConfig = teacher.config
-        self.teacher_def, params = nnx.split(teacher, nnx.Param)
-        self.teacher_params = jax.tree.map(np.asarray, params)
+        self.teacher_config: EncoderConfig = self.teacher.config
         self.loss_cfg = LossConfig.from_fields(dict(cfg.loss), where=f"{WHERE}.loss")
         settings = dict(cfg.get("student", {}) or {})
         if "init" in settings:
@@ -68,9 +66,12 @@ class OneStage:
         """Student params with the teacher's first layers copied in (None for init='random')."""
         if self.student_settings["init"] != "teacher":
             return None
-        student = student_lib.build_student(student_config, nnx.merge(self.teacher_def, self.teacher_params),
-                                            "teacher", nnx.Rngs(0))
+        student = student_lib.build_student(student_config, self.teacher.module(), "teacher", nnx.Rngs(0))
         return jax.tree.map(np.asarray, nnx.state(student, nnx.Param))
+
+    def check(self, student_config: EncoderConfig) -> None:
+        """Validate the loss settings against the student and the teacher (once, when the run is built)."""
+        self.loss_cfg.validate(student_config, self.teacher_config, where=f"{WHERE}.loss")
 
     def heads(self, student_config: EncoderConfig, rngs: nnx.Rngs) -> nnx.Module:
         """The prediction heads (or hint projections) from the student's width to the teacher's."""
@@ -78,8 +79,8 @@ class OneStage:
 
     def targets(self, teacher_params: Any, batch: dict) -> jax.Array:
         """The teacher's target layers [N, B, T, D] for a batch (no gradient)."""
-        teacher = nnx.merge(self.teacher_def, teacher_params)
-        return teacher_targets(teacher, batch["input_values"], batch["attention_mask"], self.loss_cfg.target_layers)
+        return self.teacher.targets(teacher_params, batch["input_values"], batch["attention_mask"],
+                                    self.loss_cfg.target_layers)
 
     def loss(self, heads: nnx.Module, out: EncoderOutput, targets: jax.Array) -> tuple[jax.Array, dict]:
         """(L_distill, metrics) of the student's output against the teacher's targets, padded frames excluded."""

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -258,3 +259,20 @@ def save_pretrained(model: Encoder, path: str | os.PathLike, *, dtype: str = "fl
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def load_state(path_or_repo_id: str | os.PathLike, **config_overrides: Any) -> tuple[EncoderConfig, Any, Any]:
+    """(config, graphdef, params) of a checkpoint without building random weights first (shape-only module, then
+    the checkpoint's tensors assigned); params are host numpy arrays, ready to be placed once on the devices."""
+    folder = _resolve(path_or_repo_id)
+    config = read_config(folder, **config_overrides)
+    model = nnx.eval_shape(lambda: Encoder(config, rngs=nnx.Rngs(0)))
+    ignored = load_weights(model, _read_tensors(folder), source=str(folder))
+    if ignored:
+        log.info("%s: ignored %d non-encoder key(s): %s", folder, len(ignored), ", ".join(sorted(ignored)))
+    for variable in _params(model).values():  # optional tensors the checkpoint lacks (training-time masking only)
+        value = variable.get_value()
+        if isinstance(value, jax.ShapeDtypeStruct):
+            variable.set_value(np.zeros(value.shape, value.dtype))
+    graphdef, params = nnx.split(model, nnx.Param)
+    return config, graphdef, jax.tree.map(np.asarray, params)

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kdjax.data.audio import SAMPLE_RATE
+
 
 def _hz_to_mel(hz):
     return 2595.0 * np.log10(1.0 + np.asarray(hz) / 700.0)
@@ -51,7 +53,7 @@ def deltas(x: jax.Array, width: int = 2) -> jax.Array:
     return num / (2 * sum(n * n for n in range(1, width + 1)))
 
 
-def mfcc(audio: jax.Array, *, sample_rate: int = 16000, window: int = 400, hop: int = 320, n_fft: int = 512,
+def mfcc(audio: jax.Array, *, sample_rate: int = SAMPLE_RATE, window: int = 400, hop: int = 320, n_fft: int = 512,
          n_mels: int = 40, n_mfcc: int = 13, with_deltas: bool = True) -> jax.Array:
     """MFCCs of [B, S] audio on frames of `window` samples every `hop`: [B, T, 39] (or [B, T, 13])."""
     samples = audio.shape[-1]

@@ -56,6 +56,13 @@ class RunLogger:
         else:
             print(text, flush=True)
 
+    def restart_clock(self) -> None:
+        """Restart the bar's rate and ETA from now (so the first step's compilation does not count)."""
+        if self.bar is not None:
+            self.bar.initial = self.bar.n
+            self.bar.start_t = self.bar.last_print_t = self.bar._time()
+            self.bar.last_print_n = self.bar.n
+
     def advance(self, n: int = 1) -> None:
         """Move the bar by n steps."""
         if self.bar is not None:

@@ -7,10 +7,14 @@ warmed up linearly from 0 over the first 7% of the updates then decayed linearly
     opt_state = opt.tx.init(params); updates, opt_state = opt.tx.update(grads, opt_state, params)
     opt.lr(step)   # the learning rate of the default group at loop step `step`
 
-Parameter groups (fine-tuning): `param_labels(params) -> pytree of str` labels every leaf; each label is
-configured under `config.optim.groups.<label>` with `lr` (defaults to optim.lr, same warm-up/decay shape) and
-`frozen` (True: the update is exactly zero, no weight decay, and the params stay bit-identical). Frozen gradients
-are zeroed before clipping so they do not count in the global norm.
+Parameter groups: `param_labels(params) -> pytree of str` labels every leaf (`encoder_labels` is the one labelling of
+kdjax's encoder tasks: "feature_encoder" for the conv stack, "encoder", "heads"); each label is configured under
+`config.optim.groups.<label>` with `lr` (defaults to optim.lr, same warm-up/decay shape), `frozen` (True: the update
+is exactly zero, no weight decay, and the params stay bit-identical) and `grad_scale` (s3prl's GradMultiply: the
+group's gradient is multiplied before clipping; 0 means frozen). This is kdjax's one mechanism for conv-stack
+gradients (distillation's feature_grad_mult, fine-tuning's frozen conv stack and frozen encoder): `Optimizer.prepare`
+zeroes frozen gradients and scales the others before the global norm is taken, and a zeroed gradient lets XLA drop
+the backward pass that would compute it.
 
 Gradient accumulation: `accum_steps=k` wraps everything in optax.MultiSteps: the loop step still consumes one
 batch, params change every k steps with the mean gradient, and the schedule counts updates (total_steps // k).
@@ -20,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax
 import ml_collections
 import optax
 
@@ -70,6 +75,22 @@ class Optimizer:
     tx: optax.GradientTransformation
     schedule: optax.Schedule
     accum_steps: int
+    param_labels: Callable[[Any], Any] | None = None
+    grad_scales: tuple[tuple[str, float], ...] = ()  # (label, scale); 0.0 = frozen
+
+    def prepare(self, grads: Any) -> Any:
+        """Frozen groups' gradients replaced by zeros (so their backward pass is dead code), others scaled; `tx`
+        starts with the same step, so this is for what the optimizer sees (e.g. its gradient norm)."""
+        scales = dict(self.grad_scales)
+        if not scales:
+            return grads
+        labels = self.param_labels(grads)
+
+        def one(label, g):
+            scale = scales.get(label, 1.0)
+            return jax.numpy.zeros_like(g) if scale == 0.0 else (g if scale == 1.0 else g * scale)
+
+        return jax.tree.map(one, labels, grads)
 
     def lr(self, step: Any) -> Any:
         """Learning rate of the default group at loop step `step` (counts updates under accumulation)."""
@@ -86,6 +107,7 @@ def make_optimizer(cfg: Any, total_steps: int, param_labels: Callable[[Any], Any
     schedule = make_schedule(cfg, total_updates)
     clip = [optax.clip_by_global_norm(float(cfg.clip_norm))] if cfg.clip_norm and cfg.clip_norm > 0 else []
     groups = dict(cfg.get("groups", {}) or {})
+    scales: list[tuple[str, float]] = []
     if param_labels is None:
         if groups:
             raise ConfigError(f"config.optim.groups {sorted(groups)} is set but this task labels no param groups")
@@ -97,17 +119,41 @@ def make_optimizer(cfg: Any, total_steps: int, param_labels: Callable[[Any], Any
         unknown = set(groups) - set(names)
         if unknown:
             raise ConfigError(f"config.optim.groups has {sorted(unknown)}, which no param carries; labels: {names}")
-        frozen = {n for n in names if bool(dict(groups.get(n, {})).get("frozen", False))}
         inner = {}
         for n in names:
             g = dict(groups.get(n, {}))
-            bad = set(g) - {"lr", "frozen"}
+            bad = set(g) - {"lr", "frozen", "grad_scale"}
             if bad:
-                raise ConfigError(f"config.optim.groups.{n} has unknown fields {sorted(bad)}; expected lr, frozen")
-            inner[n] = optax.set_to_zero() if n in frozen else _base(cfg, make_schedule(cfg, total_updates, g.get("lr")))
-        zero_frozen = ([optax.multi_transform({n: optax.set_to_zero() if n in frozen else optax.identity()
-                                              for n in names}, param_labels)] if frozen else [])
-        tx = optax.chain(*zero_frozen, *clip, optax.multi_transform(inner, param_labels))
+                raise ConfigError(f"config.optim.groups.{n} has unknown fields {sorted(bad)}; expected lr, frozen, "
+                                  "grad_scale")
+            scale = 0.0 if bool(g.get("frozen", False)) else float(g.get("grad_scale", 1.0))
+            if scale < 0:
+                raise ConfigError(f"config.optim.groups.{n}.grad_scale={scale} must be >= 0")
+            if scale != 1.0:
+                scales.append((n, scale))
+            inner[n] = optax.set_to_zero() if scale == 0.0 else _base(cfg, make_schedule(cfg, total_updates,
+                                                                                       g.get("lr")))
+        prepare = Optimizer(optax.identity(), schedule, accum, param_labels, tuple(scales)).prepare
+        by_group = [optax.stateless(lambda g, _=None: prepare(g))] if scales else []
+        tx = optax.chain(*by_group, *clip, optax.multi_transform(inner, param_labels))
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
-    return Optimizer(tx=tx, schedule=schedule, accum_steps=accum)
+    return Optimizer(tx=tx, schedule=schedule, accum_steps=accum, param_labels=param_labels,
+                     grad_scales=tuple(scales))
+
+
+ENCODER_GROUPS = ["feature_encoder", "encoder", "heads"]
+
+
+def encoder_label(path: tuple) -> str:
+    """The group of a parameter of an encoder task: the conv stack of params["student"|"encoder"] is
+    "feature_encoder", the rest of that encoder "encoder", everything else (heads, layer weights) "heads"."""
+    names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+    if names and names[0] in ("student", "encoder"):
+        return "feature_encoder" if len(names) > 1 and names[1] == "feature_encoder" else "encoder"
+    return "heads"
+
+
+def encoder_labels(params: Any) -> Any:
+    """`encoder_label` of every leaf of a params pytree (for make_optimizer's param_labels)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: encoder_label(path), params)

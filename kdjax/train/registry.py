@@ -11,7 +11,6 @@ from typing import Any
 from kdjax.errors import ConfigError
 
 TASKS: dict[str, str] = {
-    "toy_regression": "kdjax.train.toy:ToyRegression",
     "pretrain_hubert": "kdjax.pretrain.task:HubertPretraining",
     "finetune": "kdjax.finetune.task:FineTune",
     "distill": "kdjax.distill.task:Distillation",

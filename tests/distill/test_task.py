@@ -5,7 +5,6 @@ import jax
 import numpy as np
 import pytest
 
-from kdjax.distill.task import scale_feature_encoder_grads
 from kdjax.errors import ConfigError
 from kdjax.train.loop import train_and_evaluate
 from tests.hf_utils import save_tiny
@@ -36,10 +35,14 @@ def _eval_loss(config, params_state=None):
     from kdjax.train import sharding
 
     task = Distillation(config)
-    state = jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(int(config.seed)))
+    state = jax.jit(task.init)(jax.random.PRNGKey(int(config.seed)))
     mesh = sharding.make_mesh(config.get("mesh"))
-    data = (sharding.to_global(b, mesh) for b in task.eval_data())
-    return task.evaluate(state, data)["validation"]["loss"]
+    step = jax.jit(task.eval_step, static_argnames="stream")
+    sums = {}
+    for b in task.eval_data()["validation"]:
+        for k, v in step(state, sharding.to_global(b, mesh), task.teacher().params, stream="validation").items():
+            sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
+    return task.eval_metrics({"validation": sums})["validation"]["loss"]
 
 
 def test_short_run_lowers_the_loss_and_exports_a_loadable_student(teacher, tiny_data_dir, tmp_path):
@@ -58,7 +61,8 @@ def test_short_run_lowers_the_loss_and_exports_a_loadable_student(teacher, tiny_
     after = results["eval"]["validation/loss"]
     print(f"validation loss: {before:.4f} at step 0, {after:.4f} at step 40")
     assert after < 0.7 * before, (before, after)
-    assert results["distill"]["student_params"] < results["distill"]["teacher_params"]
+    assert results["export"]["distill"]["student_params"] < results["export"]["distill"]["teacher_params"]
+    assert results["export"]["encoder_hf"] == str(tmp_path / "student_hf")
     assert set(results["eval"]) >= {"validation/loss", "validation/l1/l1", "validation/cos/l3"}
     assert set(results["train"]) >= {"loss", "l1/l1", "l1/l2", "l1/l3", "cos/l1", "grad_norm", "lr"}
     student_dir = tmp_path / "student_hf"
@@ -73,21 +77,29 @@ def test_short_run_lowers_the_loss_and_exports_a_loadable_student(teacher, tiny_
 
 
 def test_feature_grad_mult_scales_only_the_conv_stack():
+    import ml_collections
+
+    from kdjax.distill.task import conv_groups
+    from kdjax.train import optim
+
     grads = {"student": {"feature_encoder": {"w": np.ones(2)}, "layers": {"w": np.ones(2)}},
              "heads": {"feature_encoder": {"w": np.ones(2)}}}
-    out = scale_feature_encoder_grads(grads, 0.1)
+    cfg = ml_collections.ConfigDict(optim.default_config())
+    cfg.groups = conv_groups(0.1)
+    opt = optim.make_optimizer(cfg, 10, param_labels=optim.encoder_labels, labels=optim.ENCODER_GROUPS)
+    out = opt.prepare(grads)
     np.testing.assert_allclose(out["student"]["feature_encoder"]["w"], 0.1)
     np.testing.assert_allclose(out["student"]["layers"]["w"], 1.0)
     np.testing.assert_allclose(out["heads"]["feature_encoder"]["w"], 1.0)
 
 
-def test_unknown_distill_field_is_named(teacher, tiny_data_dir):
+def test_unknown_distill_field_is_named(teacher, tiny_data_dir, tmp_path):
     from kdjax.distill.task import Distillation
 
     config = _config("runlocal", teacher, tiny_data_dir)
     config.distill.teachr_dtype = "bfloat16"
-    with pytest.raises(ConfigError, match="teachr_dtype"):
-        Distillation(config)
+    with pytest.raises(ConfigError, match=r"config\.distill\.teachr_dtype.*teacher_dtype"):
+        train_and_evaluate(config, str(tmp_path))
     config = _config("runlocal", teacher, tiny_data_dir)
     config.distill.loss.target_layers = [1, 2, 4]  # the tiny teacher has 3 layers
     with pytest.raises(ConfigError, match=r"config\.distill\.loss\.target_layers has 4"):
@@ -106,11 +118,14 @@ def test_step_variants_run_and_leave_the_teacher_alone(variant, teacher, tiny_da
     if variant == "frozen_conv":
         config.distill.feature_grad_mult = 0.0
     task = Distillation(config)
-    state = jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(0))
+    state = jax.jit(task.init)(jax.random.PRNGKey(0))
     x, mask = batch(lengths=(1600, 1200))
-    new, metrics = jax.jit(task.train_step)(state, {"input_values": x, "attention_mask": mask})
+    teacher_params = task.teacher().params
+    before = [np.array(a) for a in jax.tree.leaves(teacher_params)]
+    new, metrics = jax.jit(task.train_step)(state, {"input_values": x, "attention_mask": mask}, teacher_params)
     assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
-    for a, b in zip(jax.tree.leaves(state.extra), jax.tree.leaves(new.extra)):
+    assert new.extra is None  # the teacher is an argument of the step, never part of the state
+    for a, b in zip(before, jax.tree.leaves(teacher_params)):
         np.testing.assert_array_equal(a, b)
     conv_before = jax.tree.leaves(state.params["student"]["feature_encoder"])
     conv_after = jax.tree.leaves(new.params["student"]["feature_encoder"])

@@ -8,7 +8,7 @@ from flax import nnx
 
 from kdjax.errors import ConfigError
 from kdjax.eval.report import build_report
-from kdjax.finetune.config import make_config
+from tests.finetune.configs import finetune
 from kdjax.finetune.task import FineTune
 from kdjax.train.loop import train_and_evaluate
 from tests import hf_utils
@@ -21,8 +21,8 @@ def tiny_encoder(tmp_path_factory):
     return str(hf_utils.save_tiny(tmp_path_factory.mktemp("enc") / "teacher_hf", "hubert_base_like", **BASE_CONV))
 
 
-def _config(mode, args, encoder, data_dir):
-    config = make_config(mode, f"runlocal,encoder={encoder},{args}")
+def _config(mode, args, encoder, data_dir, **fields):
+    config = finetune(mode, f"runlocal,{args}" if args else "runlocal", encoder=encoder, **fields)
     config.finetune.data_dir = data_dir
     # One device: XLA's CPU compile of these steps partitioned over 8 forced devices takes minutes; sharded
     # training itself is tested in tests/train.
@@ -31,7 +31,7 @@ def _config(mode, args, encoder, data_dir):
 
 
 def _steps(task, config, n):
-    state = jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(0))
+    state = jax.jit(task.init)(jax.random.PRNGKey(0))
     before = jax.tree.map(np.asarray, state.params)
     its = task.train_data()
     step = jax.jit(task.train_step)
@@ -74,7 +74,7 @@ def test_finetuned_encoders_mask_time_as_configured_whatever_the_checkpoint_says
         config.finetune.update(mask_time_prob=prob, mask_time_min_masks=2)  # 2 spans: every clip is masked
         task = FineTune(config)
         assert (task.encoder_config.mask_time_prob, task.encoder_config.mask_time_min_masks) == (prob, 2)
-        state = task.init(config, jax.random.PRNGKey(0))
+        state = task.init(jax.random.PRNGKey(0))
         model = nnx.merge(task.train_graphdef, state.params, state.extra["stats"])
         return [np.asarray(task._encode(model, batch, jax.random.PRNGKey(k))[1].last_hidden_state) for k in (1, 2)]
 
@@ -89,18 +89,19 @@ def test_pretrained_weights_are_loaded_into_the_encoder(tiny_encoder, tiny_data_
 
     config = _config("kws", "", tiny_encoder, tiny_data_dir)
     task = FineTune(config)
-    state = jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(0))
+    state = jax.jit(task.init)(jax.random.PRNGKey(0))
     reference = nnx.state(kdjax.from_pretrained(tiny_encoder), nnx.Param)
     for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(state.params["encoder"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_multitask_run_writes_test_metrics_the_report_reads(tiny_encoder, tiny_data_dir, tmp_path):
-    config = _config("multitask", "frozen=False,name=tiny,role=teacher", tiny_encoder, tiny_data_dir)
+    config = _config("multitask", "frozen=False", tiny_encoder, tiny_data_dir, model_name="tiny", role="teacher")
     results = train_and_evaluate(config, str(tmp_path / "mt"))
-    saved = json.loads((tmp_path / "mt" / "results.json").read_text())
+    saved = json.loads((tmp_path / "mt" / "results.json").read_text())["export"]
+    assert results["task"] == "finetune" and results["final_step"] == config.total_steps  # the loop's own keys
     for key in ("kws/test/accuracy", "sv/test/eer", "sv/test/mindcf_0.01", "sv/test/mindcf_0.05"):
-        assert 0.0 <= saved["metrics"][key] <= 1.0 and saved["metrics"][key] == results["metrics"][key]
+        assert 0.0 <= saved["metrics"][key] <= 1.0 and saved["metrics"][key] == results["export"]["metrics"][key]
     assert np.asarray(saved["confusion_matrix"]).shape == (12, 12)
     assert np.asarray(saved["confusion_matrix"]).sum() == 12  # every kws_tiny test clip once
     assert len(saved["sv_scores"]["scores"]) == len(saved["sv_scores"]["labels"]) > 0
@@ -114,7 +115,8 @@ def test_resume_mid_finetuning_gives_the_same_final_metrics(tiny_encoder, tiny_d
     train_and_evaluate(_config("kws", "steps=3", tiny_encoder, tiny_data_dir), str(tmp_path / "b"))
     resumed = train_and_evaluate(_config("kws", "steps=6", tiny_encoder, tiny_data_dir), str(tmp_path / "b"))
     assert resumed["resumed_from"] == 3
-    assert resumed["metrics"] == straight["metrics"] and resumed["confusion_matrix"] == straight["confusion_matrix"]
+    assert resumed["export"]["metrics"] == straight["export"]["metrics"]
+    assert resumed["export"]["confusion_matrix"] == straight["export"]["confusion_matrix"]
 
 
 @pytest.mark.parametrize("args,field", [("init=sideways", "finetune.init"), ("frozen=True,init=random", "")])
@@ -130,7 +132,7 @@ def test_unknown_mode_and_missing_encoder_are_named(tiny_encoder, tiny_data_dir,
     config.finetune.mode = "asr"
     with pytest.raises(ConfigError, match="config.finetune.mode='asr'"):
         FineTune(config)
-    with pytest.raises(ConfigError, match="config.finetune.encoder=.*student_hf/ or teacher_hf/"):
+    with pytest.raises(ConfigError, match="config.finetune.encoder=.*HF checkpoint folder.*finished kdjax workdir"):
         FineTune(_config("kws", "", str(tmp_path), tiny_data_dir))
 
 

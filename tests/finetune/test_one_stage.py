@@ -9,7 +9,7 @@ from flax import nnx
 import kdjax
 from kdjax.distill.losses import distill_loss, teacher_targets
 from kdjax.errors import ConfigError
-from kdjax.finetune.config import make_config
+from tests.finetune.configs import finetune
 from kdjax.finetune.task import FineTune
 from kdjax.models.hf import save_pretrained
 from kdjax.train.loop import train_and_evaluate
@@ -25,7 +25,8 @@ def teacher(tmp_path_factory):
 
 
 def _config(mode, teacher, data_dir, *, weight=1.0, args=""):
-    config = make_config(mode, f"runlocal,one_stage={teacher}{',' + args if args else ''}")
+    config = finetune(mode, f"runlocal,one_stage{',' + args if args else ''}")
+    config.finetune.one_stage.teacher = teacher
     config.finetune.data_dir = data_dir
     config.mesh.devices = 1  # see tests/finetune/test_finetune.py
     one = config.finetune.one_stage
@@ -39,7 +40,7 @@ def _config(mode, teacher, data_dir, *, weight=1.0, args=""):
 
 
 def _init(task, config):
-    return jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(0))
+    return jax.jit(task.init)(jax.random.PRNGKey(0))
 
 
 def _batches(task):
@@ -52,7 +53,7 @@ def test_one_stage_loss_is_task_loss_plus_weighted_distillation_loss(teacher, ti
     task = FineTune(config)
     state = _init(task, config)
     batch = _batches(task)()
-    _, metrics = jax.jit(task.train_step)(state, batch)
+    _, metrics = jax.jit(task.train_step)(state, batch, task.teacher().params)
 
     # The distillation loss recomputed from scratch with kdjax.distill on the same student, heads and teacher.
     model = nnx.merge(task.train_graphdef, state.params, state.extra["stats"])
@@ -81,8 +82,9 @@ def _two_steps(config, n=2):
     task = FineTune(config)
     state = _init(task, config)
     next_batch, step = _batches(task), jax.jit(task.train_step)
+    teacher = task.teacher().params if task.teacher() is not None else None
     for _ in range(n):
-        state, _ = step(state, next_batch())
+        state, _ = step(state, next_batch(), teacher)
     return task, jax.tree.map(np.asarray, state.params)
 
 
@@ -93,7 +95,7 @@ def test_weight_zero_trains_exactly_like_two_stage_and_weight_one_does_not(teach
     state = _init(task, config)
     student_dir = tmp_path / "student_hf"
     save_pretrained(nnx.merge(task.train_graphdef, state.params, state.extra["stats"]).encoder, student_dir)
-    two_stage = make_config("kws", f"runlocal,encoder={student_dir},frozen=False")
+    two_stage = finetune("kws", "runlocal,frozen=False", encoder=str(student_dir))
     two_stage.finetune.update(data_dir=tiny_data_dir, mask_time_prob=0.0)
     two_stage.mesh.devices = 1
 
@@ -112,13 +114,13 @@ def test_weight_zero_trains_exactly_like_two_stage_and_weight_one_does_not(teach
 def test_one_stage_run_exports_a_student_that_loads(teacher, tiny_data_dir, tmp_path):
     config = _config("kws", teacher, tiny_data_dir)
     results = train_and_evaluate(config, str(tmp_path / "run"))
-    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["export"]
     assert saved["one_stage"]["target_layers"] == [1, 3] and saved["encoder"] == "finetuned"
-    assert 0.0 <= results["metrics"]["kws/test/accuracy"] <= 1.0
+    assert 0.0 <= results["export"]["metrics"]["kws/test/accuracy"] <= 1.0
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("train/distill/loss" in m and np.isfinite(m["train/distill/loss"]) for m in metrics)
-    student = kdjax.from_pretrained(saved["one_stage"]["student_hf"])
-    assert student.config.num_hidden_layers == 1 and saved["model"]["path"] == saved["one_stage"]["student_hf"]
+    student = kdjax.from_pretrained(saved["encoder_hf"])
+    assert student.config.num_hidden_layers == 1 and saved["model"]["path"] == saved["encoder_hf"]
 
 
 def test_one_stage_config_errors_name_the_field(teacher, tiny_data_dir, tmp_path):
@@ -147,9 +149,10 @@ def test_one_stage_config_errors_name_the_field(teacher, tiny_data_dir, tmp_path
 
 
 def test_command_line_overrides_reach_the_one_stage_fields():
-    from kdjax.main import parse
+    from kdjax.train.config_file import parse
 
-    config, _ = parse(["kdjax", "--config=configs/finetune_kws.py:one_stage=runs/teacher_hf", "--workdir=unused",
+    config, _ = parse(["kdjax", "--config=configs/finetune_kws.py:one_stage", "--workdir=unused",
+                       "--config.finetune.one_stage.teacher=runs/teacher_hf",
                        "--config.finetune.one_stage.weight=0.5",
                        "--config.finetune.one_stage.loss.target_layers=(2, 4)",
                        "--config.finetune.one_stage.student.num_hidden_layers=1"])

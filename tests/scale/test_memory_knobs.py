@@ -27,14 +27,15 @@ def _task(teacher, data_dir, *, remat=False, accum=1, dropout=0.1):
     s = config.distill.student
     s.hidden_dropout = s.attention_dropout = s.activation_dropout = dropout
     task = Distillation(config)
-    state = jax.jit(lambda r: task.init(config, r))(jax.random.PRNGKey(0))
+    state = jax.jit(task.init)(jax.random.PRNGKey(0))
+    teacher = task.teacher().params
     compiled = {}
 
     def step(state, batch):
         rows = batch["input_values"].shape[0]
         if rows not in compiled:
-            compiled[rows] = jax.jit(task.train_step).lower(state, batch).compile(compiler_options=FAST)
-        return compiled[rows](state, batch)
+            compiled[rows] = jax.jit(task.train_step).lower(state, batch, teacher).compile(compiler_options=FAST)
+        return compiled[rows](state, batch, teacher)
 
     return task, state, step
 

@@ -1,5 +1,4 @@
 """Checkpoints: data iterator state restored exactly, half-written checkpoints never loaded, best-by-metric kept."""
-import functools
 import os
 
 import jax
@@ -7,7 +6,7 @@ import numpy as np
 
 from kdjax.train import registry, sharding
 from kdjax.train.checkpoint import Checkpointer
-from kdjax.train.toy import make_data, train_iterator
+from tests.train.toy import make_data, train_iterator
 
 from .helpers import toy_config
 
@@ -15,7 +14,7 @@ from .helpers import toy_config
 def _state_and_abstract():
     config = toy_config()
     task = registry.make_task(config)
-    init = functools.partial(task.init, config)
+    init = task.init
     mesh = sharding.make_mesh()
     shard = sharding.state_sharding(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
     state = jax.jit(init, out_shardings=shard)(jax.random.PRNGKey(0))

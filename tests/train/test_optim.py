@@ -7,7 +7,7 @@ import pytest
 
 from kdjax.errors import ConfigError
 from kdjax.train import optim, sharding
-from kdjax.train.toy import make_data
+from tests.train.toy import make_data
 
 from .helpers import host_params, run_steps, toy_config
 

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from kdjax.errors import ConfigError
 from kdjax.train import loop
 
 from .helpers import ROOT, TOY, toy_config
@@ -81,6 +83,9 @@ def test_sigkill_then_restart_is_bit_identical(tmp_path, launch, reference):
     workdir = str(tmp_path / "run")
     proc = launch(workdir, "--config.toy.slowdown_s=0.05")
     _wait_for_checkpoint(proc, workdir, 20)
+    # one live run per workdir: a second one is refused, naming the owner
+    with pytest.raises(ConfigError, match=rf"in use by another live run \(host {socket.gethostname()}, pid {proc.pid},"):
+        loop.train_and_evaluate(toy_config(*COMMON), workdir)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not os.path.exists(os.path.join(workdir, "results.json"))  # it really died mid-run
@@ -89,7 +94,8 @@ def test_sigkill_then_restart_is_bit_identical(tmp_path, launch, reference):
     os.makedirs(tmp, exist_ok=True)
     with open(os.path.join(tmp, "manifest.ocdbt"), "wb") as f:
         f.write(b"\0half written")
-    _finish(launch(workdir))
+    assert os.path.exists(os.path.join(workdir, ".kdjax.lock"))  # the killed run's lock is left behind ...
+    _finish(launch(workdir))  # ... and taken over
     results = _results(workdir)
     assert 20 <= results["resumed_from"] < 50 and results["final_step"] == STEPS
     _assert_bitwise_equal(workdir, reference)

@@ -6,7 +6,7 @@ from jax.sharding import PartitionSpec as P
 
 from kdjax.errors import ConfigError
 from kdjax.train import sharding
-from kdjax.train.toy import make_data
+from tests.train.toy import make_data
 
 from .helpers import host_params, run_steps, toy_config
 

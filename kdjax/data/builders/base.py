@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from kdjax.errors import AudioError, DatasetError
+from kdjax.data.audio import SAMPLE_RATE
 
 log = logging.getLogger("kdjax.data")
 
@@ -74,7 +75,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             speakers.add(int(ex.get("speaker", -1)))
             yield key, ex
         stats = dict(self.info.metadata.get("stats", {}))
-        stats[split] = {"examples": n, "hours": round(samples / 16_000 / 3600, 4), "speakers": len(speakers - {-1})}
+        stats[split] = {"examples": n, "hours": round(samples / SAMPLE_RATE / 3600, 4), "speakers": len(speakers - {-1})}
         self.info.metadata["stats"] = stats
 
     def skip_or_raise(self, err: Exception, counts: collections.Counter) -> None:

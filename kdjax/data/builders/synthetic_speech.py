@@ -17,10 +17,11 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from kdjax.data import synth
+from kdjax.data.audio import SAMPLE_RATE
 from kdjax.data.builders import base
 
 KWS_LABELS = list(synth.KEYWORDS) + ["_unknown_", "_silence_"]
-SECOND = 16_000
+SECOND = SAMPLE_RATE  # samples
 
 
 @dataclasses.dataclass(eq=False)

@@ -2,8 +2,10 @@ r"""Toy regression: a small MLP on synthetic data. It exercises the training loo
 
 Launch (the exact command; add `--config.field=value` overrides at the end):
 
-  python -m kdjax.main --config=configs/toy_regression.py --workdir=runs/toy
-  python -m kdjax.main --config=configs/toy_regression.py:runlocal --workdir=runs/toy_local --config.optim.lr=1e-3
+  python -m kdjax.main --config=tests/train/toy_config.py --workdir=runs/toy
+  python -m kdjax.main --config=tests/train/toy_config.py:runlocal --workdir=runs/toy_local --config.optim.lr=1e-3
+
+(from the repository root: the task is test code, config.task = "tests.train.toy:ToyRegression").
 
 Variant args (comma separated after the colon): `runlocal` (a few steps, tiny model, for tests and laptops),
 `streams=2` (two input streams a step, like multi-task fine-tuning).
@@ -17,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The toy regression config; `arg` holds variant args (see the module docstring)."""
     args = parse_args(arg)
     config = base_config()
-    config.task = "toy_regression"
+    config.task = "tests.train.toy:ToyRegression"
     config.seed = 0
     config.total_steps = 2000
     config.batch_size = 64

@@ -1,8 +1,9 @@
-"""A toy task (a small NNX MLP regressing synthetic data) that tests the training loop and shows the Task protocol.
+"""A toy task (a small NNX MLP regressing synthetic data) that tests the training loop and shows the Task interface.
 
-Copy its shape for a real task: build the model's graphdef and the optimizer in the constructor, keep every
-array in the TrainState that `init` returns, draw randomness from `state.step_key()`, give the loop seeded grain
-iterators of host-local numpy batches (batch_size is global: each process yields batch_size // process_count rows).
+Test code (registered by the config as config.task = "tests.train.toy:ToyRegression"). Copy its shape for a real
+task: build the model's graphdef and the optimizer in the constructor, keep every array in the TrainState that
+`init` returns, draw randomness from `state.step_key()`, give the loop seeded grain iterators of host-local numpy
+batches (batch_size is global: each process yields batch_size // process_count rows).
 Config fields under `config.toy`: in_dim, hidden, dropout, num_train, num_eval, noise, streams (1, or 2 to
 exercise the loop's multi-stream batches {"a": ..., "b": ...}), seconds_per_example, slowdown_s (a sleep per
 batch, only for the tests that kill a run mid-way).
@@ -17,13 +18,12 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from kdjax.errors import ConfigError
 from kdjax.train import optim
 from kdjax.train.state import TrainState
+from kdjax.train.task import Task
 
 
 class MLP(nnx.Module):
@@ -63,61 +63,54 @@ def train_iterator(data: dict[str, np.ndarray], batch_size: int, seed: int, slow
     return iter(it)
 
 
-class ToyRegression:
-    """The toy Task: see kdjax.train.loop.Task for what each member must do."""
+class ToyRegression(Task):
+    """The toy Task: see kdjax.train.task.Task for what each member must do."""
 
+    config_key = "toy"
     best_metric = "mse"
     best_mode = "min"
 
     def __init__(self, config: Any):
-        self.config = config
+        super().__init__(config)
         self.cfg = cfg = config.toy
         if cfg.streams not in (1, 2):
             raise ConfigError(f"config.toy.streams={cfg.streams}; expected 1 or 2")
-        if config.batch_size % jax.process_count():
-            raise ConfigError(f"config.batch_size={config.batch_size} must divide by the process count "
-                              f"{jax.process_count()}")
-        self.opt = optim.make_optimizer(config.optim, config.total_steps)
+        self.optimizer = optim.make_optimizer(config.optim, config.total_steps)
         self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: self._model(nnx.Rngs(0))))
-        self._eval_sums = jax.jit(self._sums)
+
+    def config_defaults(self):
+        from tests.train.toy_config import get_config
+
+        return get_config()
 
     def _model(self, rngs: nnx.Rngs) -> MLP:
         return MLP(self.cfg.in_dim, self.cfg.hidden, self.cfg.dropout, rngs=rngs)
 
-    def init(self, config: Any, rng: jax.Array) -> TrainState:
+    def init(self, rng: jax.Array) -> TrainState:
         """Fresh params and optimizer state (traced under jit by the loop: pure, arrays only)."""
         params = nnx.state(self._model(nnx.Rngs(params=jax.random.fold_in(rng, 0))), nnx.Param)
-        return TrainState.create(params, self.opt.tx.init(params), rng)
+        return TrainState.create(params, self.optimizer.tx.init(params), rng)
 
     def _streams(self, batch: dict) -> list[dict]:
         return [batch] if self.cfg.streams == 1 else [batch["a"], batch["b"]]
 
-    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One optimizer step on the mean squared error (averaged over the streams)."""
-        def loss_fn(params):
-            model = nnx.merge(self.graphdef, params)
-            losses = [jnp.mean((model(b["x"], state.step_key(i)) - b["y"]) ** 2)
-                      for i, b in enumerate(self._streams(batch))]
-            return sum(losses) / len(losses)
+    def loss(self, params: Any, state: TrainState, batch: dict, teacher: Any) -> tuple[jax.Array, tuple]:
+        """Mean squared error (averaged over the streams)."""
+        model = nnx.merge(self.graphdef, params)
+        losses = [jnp.mean((model(b["x"], state.step_key(i)) - b["y"]) ** 2)
+                  for i, b in enumerate(self._streams(batch))]
+        return sum(losses) / len(losses), ({}, state.extra)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        updates, opt_state = self.opt.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": self.opt.lr(state.step)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    def _sums(self, params: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
-        pred = nnx.merge(self.graphdef, params)(batch["x"])
+    def eval_step(self, state: TrainState, batch: dict, teacher: Any, stream: str) -> dict[str, jax.Array]:
+        """Sum of squared errors and count over the valid rows."""
+        pred = nnx.merge(self.graphdef, state.params)(batch["x"])
         valid = batch["valid"].astype(jnp.float32)
-        return jnp.sum(valid * (pred - batch["y"]) ** 2), jnp.sum(valid)
+        return {"sse": jnp.sum(valid * (pred - batch["y"]) ** 2), "count": jnp.sum(valid)}
 
-    def evaluate(self, state: TrainState, data: Iterable[dict]) -> dict[str, float]:
-        """Mean squared error over the eval set (`data`: global batches with a "valid" row mask)."""
-        sse, count = 0.0, 0.0
-        for batch in data:
-            s, c = self._eval_sums(state.params, batch)
-            sse, count = sse + float(s), count + float(c)
-        return {"mse": sse / max(count, 1.0)}
+    def eval_metrics(self, sums: dict) -> dict[str, float]:
+        """Mean squared error over the eval set."""
+        s = sums["eval"]
+        return {"mse": float(s["sse"] / max(float(s["count"]), 1.0))}
 
     def train_data(self) -> Iterator[dict] | dict[str, Iterator[dict]]:
         """One grain iterator (streams=1) or {"a": ..., "b": ...} (streams=2); seeded from config.seed."""
@@ -129,8 +122,11 @@ class ToyRegression:
                                        process_index=jax.process_index(), process_count=jax.process_count())
         return its["a"] if self.cfg.streams == 1 else its
 
-    def eval_data(self) -> Iterable[dict]:
+    def eval_data(self) -> dict[str, Iterable[dict]]:
         """This process's share of the eval set in fixed-size batches, padded, with a "valid" mask."""
+        return {"eval": self._eval_batches()}
+
+    def _eval_batches(self) -> Iterator[dict]:
         data = make_data(self.cfg, self.cfg.num_eval, seed=10**6 + self.config.seed)
         per_process = self.config.batch_size // jax.process_count()
         idx = np.arange(self.cfg.num_eval)[jax.process_index()::jax.process_count()]
@@ -146,11 +142,12 @@ class ToyRegression:
         rows = sum(len(b["y"]) for b in self._streams(host_batch))
         return rows * float(self.cfg.seconds_per_example)
 
-    def export(self, state: TrainState, workdir: str) -> None:
-        """Write the params as export/params.npz (process 0)."""
-        flat = {jax.tree_util.keystr(path, simple=True, separator="/"):
-                np.asarray(multihost_utils.process_allgather(v, tiled=True))
+    def export(self, state: TrainState, workdir: str) -> dict[str, str]:
+        """Write the (gathered) params as export/params.npz (process 0)."""
+        flat = {jax.tree_util.keystr(path, simple=True, separator="/"): np.asarray(v)
                 for path, v in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+        out = os.path.join(workdir, "export", "params.npz")
         if jax.process_index() == 0:
-            os.makedirs(os.path.join(workdir, "export"), exist_ok=True)
-            np.savez(os.path.join(workdir, "export", "params.npz"), **flat)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            np.savez(out, **flat)
+        return {"params": out}
