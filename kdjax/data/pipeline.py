@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
-from kdjax.data import audio
+from kdjax.data import audio, trials
 from kdjax.errors import DatasetError
 
 
@@ -194,31 +194,6 @@ def utterance_ids(source: Sequence[dict]) -> list[str]:
     return [ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"]) for ex in source]
 
 
-def parse_trials(path: str) -> list[tuple[int, str, str]]:
-    """Read a VoxCeleb-style trial list ("1 utt_a utt_b" a line); errors name the file and line."""
-    trials = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 3 or parts[0] not in ("0", "1"):
-                raise DatasetError(f"{path}:{lineno}: expected 'LABEL UTT_A UTT_B' with LABEL 0 or 1, "
-                                   f"got {line.strip()!r}")
-            trials.append((int(parts[0]), parts[1], parts[2]))
-    if not trials:
-        raise DatasetError(f"{path}: trial list is empty")
-    return trials
-
-
-def check_trials(trials: list[tuple[int, str, str]], ids: set[str], path: str) -> None:
-    """Raise DatasetError naming the first utterance id (and its line) that is not in `ids`."""
-    for lineno, (_, a, b) in enumerate(trials, 1):
-        for utt in (a, b):
-            if utt not in ids:
-                raise DatasetError(f"{path}:{lineno}: utterance id {utt!r} is not in the dataset")
-
-
 def load_trials(name: str, data_dir: str | None = None, trial_list: str | None = None) -> list[tuple[int, str, str]]:
     """Verification trials (is_target, utt_id_a, utt_id_b) of a prepared SV dataset, ids checked against its split."""
     builder = _builder(name, data_dir)
@@ -229,9 +204,9 @@ def load_trials(name: str, data_dir: str | None = None, trial_list: str | None =
     if trial_list not in lists:
         raise DatasetError(f"dataset {name} has no trial list {trial_list!r}; lists: {sorted(lists)}")
     path = os.fspath(builder.data_path / "trials" / f"{trial_list}.txt")
-    trials = parse_trials(path)
-    check_trials(trials, set(utterance_ids(builder.as_data_source(split=lists[trial_list]))), path)
-    return trials
+    parsed = trials.parse(path)
+    trials.check_ids(parsed, set(utterance_ids(builder.as_data_source(split=lists[trial_list]))), path)
+    return parsed
 
 
 def bucketed_iterator(source: Sequence[dict], *, batch_size: int, boundaries: Sequence[int], seed: int,

@@ -14,7 +14,7 @@ import zipfile
 
 import tensorflow_datasets as tfds
 
-from kdjax.data import audio, pipeline
+from kdjax.data import audio, trials
 from kdjax.data.builders import base
 from kdjax.errors import DatasetError
 
@@ -65,7 +65,7 @@ class Voxceleb1(base.Builder):
         sources = index_sources(root)
         if not sources:
             raise DatasetError(f"voxceleb1: no idXXXXX/VIDEO/NNNNN.wav files or zips in {root}")
-        test_spk = {u.split("/")[0] for _, a, b in pipeline.parse_trials(veri) for u in (a, b)}
+        test_spk = trials.speakers(trials.parse(veri))
         all_spk = {u.split("/")[0] for u in sources}
         speakers = sorted(all_spk - test_spk) + sorted(test_spk)
         self._speaker = {s: i for i, s in enumerate(speakers)}
@@ -84,9 +84,9 @@ class Voxceleb1(base.Builder):
             path = os.path.join(root, fname)
             if not os.path.isfile(path):
                 continue
-            trials = pipeline.parse_trials(path)
-            pipeline.check_trials(trials, set(split_of), path)
-            splits = sorted({split_of[u] for _, a, b in trials for u in (a, b)}, reverse=True)
+            parsed = trials.parse(path)
+            trials.check_ids(parsed, split_of, path)
+            splits = sorted({split_of[u] for _, a, b in parsed for u in (a, b)}, reverse=True)
             lists[name] = "+".join(splits)  # -E/-H span dev and test speakers: "train+test"
             shutil.copyfile(path, os.fspath(self.data_path / "trials" / f"{name}.txt"))
         self.info.metadata["trials"] = lists
