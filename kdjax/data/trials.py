@@ -54,7 +54,7 @@ def check_ids(trials: list[Trial], ids: set[str] | Mapping[str, int], where: str
     for n, (_, a, b) in enumerate(trials, 1):
         for utt in (a, b):
             if utt not in ids:
-                raise DatasetError(f"{where}: trial {n}: utterance id {utt!r} is not in the dataset")
+                raise DatasetError(f"{where}:{n}: utterance id {utt!r} (trial {n}) is not in the dataset")
 
 
 def to_indices(trials: list[Trial], index: Mapping[str, int], where: str = "trial list") -> np.ndarray:

@@ -29,7 +29,7 @@ def test_errors_name_file_line_and_utterance(tmp_path):
         trials.parse([""])
     with pytest.raises(DatasetError, match="cannot read"):
         trials.parse(tmp_path / "missing.txt")
-    with pytest.raises(DatasetError, match=r"t.txt: trial 2: utterance id 'zz'"):
+    with pytest.raises(DatasetError, match=r"t.txt:2: utterance id 'zz'"):
         trials.check_ids([(1, "a", "b"), (0, "a", "zz")], {"a", "b"}, "t.txt")
     with pytest.raises(DatasetError, match=r"\[N, 3\]"):
         trials.check_index_table(np.array([1, 0, 1]), 4)
