@@ -138,15 +138,16 @@ def _process_rows(ds: grain.MapDataset, batch_size: int, process_index: int, pro
 
 
 def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | None = None,
-                 normalize: bool = True, pad_to: int | None = None,
-                 indices: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 normalize: bool = True, pad_to: int | None = None, indices: Sequence[int] | None = None,
+                 starts: Sequence[int | None] | None = None) -> Iterator[dict[str, np.ndarray]]:
     """All examples in order, padded to the batch's longest clip (or centre-cropped to max_samples).
 
     The last batch is padded up to batch_size; "valid" (bool) marks real rows and "index" (int32) their position.
     `pad_to` rounds each batch's length up to a multiple of it (capped at max_samples), so a jitted model sees few
-    shapes; `indices` restricts the batches to those examples (in that order).
+    shapes; `indices` restricts the batches to those examples (in that order, repeats allowed); `starts` (one per
+    index) gives crop offsets for clips longer than max_samples instead of the centre.
     """
-    order = list(range(len(source))) if indices is None else list(indices)
+    order = list(range(len(source))) if indices is None else [int(i) for i in indices]
     for lo in range(0, len(order), batch_size):
         take = order[lo:lo + batch_size]
         exs = [source[i] for i in take]
@@ -154,7 +155,9 @@ def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | 
         if pad_to:
             longest = -(-longest // pad_to) * pad_to
         length = longest if max_samples is None else min(longest, max_samples)
-        rows = [_example(ex, length, None, normalize) for ex in exs]
+        offsets = [None] * len(take) if starts is None else list(starts[lo:lo + batch_size])
+        rows = [_example(ex, length, None if st is None else min(int(st), max(ex["audio"].shape[0] - length, 0)),
+                         normalize) for ex, st in zip(exs, offsets)]
         pad = batch_size - len(rows)
         rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * pad
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -164,29 +167,40 @@ def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | 
 
 
 def process_eval_batches(source: Sequence[dict], *, global_batch_size: int, max_samples: int,
-                         limit: int | None = None, normalize: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                         limit: int | None = None, normalize: bool = True, indices: Sequence[int] | None = None,
+                         crop_seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of the first `limit` examples as fixed-shape [batch, max_samples] batches.
 
     Every process yields the same number of batches (what a multi-process evaluation needs); rows past the end are
-    padding with "valid" False.
+    padding with "valid" False. `indices` evaluates those examples instead (e.g. `balanced_resample`'s, repeats
+    allowed); `crop_seed` crops clips longer than max_samples at a random offset drawn from (crop_seed, position in
+    the list) instead of the centre, the same for any process count.
     """
     import jax
 
-    count = len(source) if limit is None else min(int(limit), len(source))
+    order = list(range(len(source))) if indices is None else [int(i) for i in indices]
+    count = len(order) if limit is None else min(int(limit), len(order))
     per_process = global_batch_size // jax.process_count()
-    mine = list(range(jax.process_index(), count, jax.process_count()))
+    mine = list(range(jax.process_index(), count, jax.process_count()))  # positions in `order`
     steps = -(-count // global_batch_size)
     mine += [-1] * (steps * per_process - len(mine))
     for s in range(steps):
-        rows = [i for i in mine[s * per_process:(s + 1) * per_process] if i >= 0]
+        rows = [p for p in mine[s * per_process:(s + 1) * per_process] if p >= 0]
         if rows:
+            starts = None if crop_seed is None else [_crop_start(source[order[p]], max_samples, crop_seed, p)
+                                                     for p in rows]
             batch = next(eval_batches(source, batch_size=per_process, max_samples=max_samples, normalize=normalize,
-                                      pad_to=max_samples, indices=rows))
+                                      pad_to=max_samples, indices=[order[p] for p in rows], starts=starts))
         else:  # this process has run out of examples; it still takes part with an all-padding batch
             batch = next(eval_batches(source, batch_size=per_process, max_samples=max_samples, normalize=normalize,
                                       pad_to=max_samples, indices=[0]))
             batch["valid"][:] = False
         yield batch
+
+
+def _crop_start(ex: dict, max_samples: int, seed: int, position: int) -> int:
+    """A random crop offset for one evaluation row, fixed by (seed, position)."""
+    return int(np.random.default_rng([seed, position]).integers(0, max(ex["audio"].shape[0] - max_samples, 0) + 1))
 
 
 def utterance_ids(source: Sequence[dict]) -> list[str]:
