@@ -63,7 +63,7 @@ def param_path(path: tuple) -> str:
     for k in path:
         k = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
         parts.append(str(k))
-    return "/".join(parts)
+    return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)  # nnx.State leaves end in "value"
 
 
 def decay_mask(no_decay: tuple[str, ...]) -> Callable[[Any], Any] | None:
