@@ -78,8 +78,11 @@ def label_names(name: str, data_dir: str | None = None) -> list[str]:
     return list(builder.info.features["label"].names)
 
 
-def _example(ex: dict, max_samples: int, start: int | None, normalize: bool) -> dict[str, np.ndarray]:
+def _example(ex: dict, max_samples: int, start: int | None, normalize: bool,
+             gain_db: float = 0.0) -> dict[str, np.ndarray]:
     x, mask = audio.crop_or_pad(audio.to_float(ex["audio"]), max_samples, start)
+    if gain_db:  # s3prl's SoX `gain` (speech_commands: -3 dB); a no-op under normalize
+        x = x * np.float32(10.0 ** (gain_db / 20.0))
     out = {"input_values": audio.normalize(x, mask) if normalize else x, "attention_mask": mask,
            "speaker": np.int32(ex["speaker"])}
     if "label" in ex:
@@ -89,8 +92,12 @@ def _example(ex: dict, max_samples: int, start: int | None, normalize: bool) -> 
 
 def train_iterator(source: Sequence[dict], *, batch_size: int, max_samples: int, seed: int, shuffle: bool = True,
                    num_epochs: int | None = None, normalize: bool = True, process_index: int | None = None,
-                   process_count: int | None = None, min_samples: int = 0) -> grain.DatasetIterator:
-    """Seeded, sharded, checkpointable grain iterator of training batches (see the module docstring)."""
+                   process_count: int | None = None, min_samples: int = 0,
+                   gain_db: float = 0.0) -> grain.DatasetIterator:
+    """Seeded, sharded, checkpointable grain iterator of training batches (see the module docstring).
+
+    `min_samples` drops shorter clips (s3prl's SV: longer than 2 s, min_samples=32001); `gain_db` scales the audio.
+    """
     if process_index is None or process_count is None:
         import jax
 
@@ -109,7 +116,7 @@ def train_iterator(source: Sequence[dict], *, batch_size: int, max_samples: int,
 
     def crop(ex: dict, rng: np.random.Generator) -> dict:
         start = int(rng.integers(0, max(ex["audio"].shape[0] - max_samples, 0) + 1))
-        return _example(ex, max_samples, start, normalize)
+        return _example(ex, max_samples, start, normalize, gain_db)
 
     ds = ds.random_map(crop, seed=seed)  # the global stream: row i depends only on (seed, i)
     ds = _process_rows(ds, batch_size, process_index, process_count)
@@ -139,7 +146,7 @@ def _process_rows(ds: grain.MapDataset, batch_size: int, process_index: int, pro
 
 def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | None = None,
                  normalize: bool = True, pad_to: int | None = None, indices: Sequence[int] | None = None,
-                 starts: Sequence[int | None] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 starts: Sequence[int | None] | None = None, gain_db: float = 0.0) -> Iterator[dict[str, np.ndarray]]:
     """All examples in order, padded to the batch's longest clip (or centre-cropped to max_samples).
 
     The last batch is padded up to batch_size; "valid" (bool) marks real rows and "index" (int32) their position.
@@ -157,7 +164,7 @@ def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | 
         length = longest if max_samples is None else min(longest, max_samples)
         offsets = [None] * len(take) if starts is None else list(starts[lo:lo + batch_size])
         rows = [_example(ex, length, None if st is None else min(int(st), max(ex["audio"].shape[0] - length, 0)),
-                         normalize) for ex, st in zip(exs, offsets)]
+                         normalize, gain_db) for ex, st in zip(exs, offsets)]
         pad = batch_size - len(rows)
         rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * pad
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -168,7 +175,7 @@ def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | 
 
 def process_eval_batches(source: Sequence[dict], *, global_batch_size: int, max_samples: int,
                          limit: int | None = None, normalize: bool = True, indices: Sequence[int] | None = None,
-                         crop_seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                         crop_seed: int | None = None, gain_db: float = 0.0) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of the first `limit` examples as fixed-shape [batch, max_samples] batches.
 
     Every process yields the same number of batches (what a multi-process evaluation needs); rows past the end are
@@ -190,7 +197,8 @@ def process_eval_batches(source: Sequence[dict], *, global_batch_size: int, max_
             starts = None if crop_seed is None else [_crop_start(source[order[p]], max_samples, crop_seed, p)
                                                      for p in rows]
             batch = next(eval_batches(source, batch_size=per_process, max_samples=max_samples, normalize=normalize,
-                                      pad_to=max_samples, indices=[order[p] for p in rows], starts=starts))
+                                      pad_to=max_samples, indices=[order[p] for p in rows], starts=starts,
+                                      gain_db=gain_db))
         else:  # this process has run out of examples; it still takes part with an all-padding batch
             batch = next(eval_batches(source, batch_size=per_process, max_samples=max_samples, normalize=normalize,
                                       pad_to=max_samples, indices=[0]))

@@ -78,7 +78,8 @@ def balanced_resample(labels: Sequence[int], seed: int, num_samples: int | None 
 
 def balanced_iterator(source: Sequence[dict], *, batch_size: int, max_samples: int, seed: int,
                       labels: Sequence[int] | None = None, num_epochs: int | None = None, normalize: bool = True,
-                      process_index: int | None = None, process_count: int | None = None) -> grain.DatasetIterator:
+                      process_index: int | None = None, process_count: int | None = None,
+                      gain_db: float = 0.0) -> grain.DatasetIterator:
     """Class-balanced training batches drawn with replacement (s3prl's KWS sampler); clips longer than max_samples
     are cropped at a random offset (s3prl's random 1 s of a `_silence_` noise file); same keys as train_iterator.
 
@@ -93,7 +94,7 @@ def balanced_iterator(source: Sequence[dict], *, batch_size: int, max_samples: i
     def draw(_: int, rng: np.random.Generator) -> dict:
         ex = source[_draw(members, rng)]
         start = int(rng.integers(0, max(ex["audio"].shape[0] - max_samples, 0) + 1))
-        return _example(ex, max_samples, start, normalize)
+        return _example(ex, max_samples, start, normalize, gain_db)
 
     ds = grain.MapDataset.range(len(source)).repeat(num_epochs).random_map(draw, seed=seed)
     ds = _process_rows(ds, batch_size, process_index, process_count)
@@ -143,7 +144,7 @@ def sorted_bucket_iterator(source: Sequence[dict], *, batch_size: int, max_sampl
 
 def equal_length_batches(source: Sequence[dict], *, batch_size: int = 1, normalize: bool = True,
                          round_to: int = 1, lengths: Sequence[int] | None = None,
-                         indices: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                         indices: Sequence[int] | None = None, gain_db: float = 0.0) -> Iterator[dict[str, np.ndarray]]:
     """Evaluation batches without padding inside any row: every batch holds utterances of one length.
 
     A GroupNorm feature encoder (wav2vec2-base, HuBERT-base, DistilHuBERT) normalises over the whole input length, so
@@ -164,7 +165,7 @@ def equal_length_batches(source: Sequence[dict], *, batch_size: int = 1, normali
         members = groups[length]
         for lo in range(0, len(members), batch_size):
             take = members[lo:lo + batch_size]
-            rows = [_example(source[i], length, 0, normalize) for i in take]
+            rows = [_example(source[i], length, 0, normalize, gain_db) for i in take]
             pad = batch_size - len(rows)
             rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * pad
             batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -97,5 +97,7 @@ def test_equal_length_batches_never_pad_a_row():
     assert [b["input_values"].shape[1] for b in batches] == [10, 10, 12, 33]
     rounded = list(sampling.equal_length_batches(src, batch_size=4, normalize=False, round_to=10))
     assert [b["input_values"].shape[1] for b in rounded] == [10, 10, 30]  # tails trimmed, never padded
+    quiet = next(sampling.equal_length_batches(src, batch_size=2, normalize=False, gain_db=-3.0))
+    np.testing.assert_allclose(quiet["input_values"], batches[0]["input_values"] * 10 ** (-3 / 20), rtol=1e-6)
     with pytest.raises(Exception, match="round_to"):
         next(sampling.equal_length_batches(src, round_to=0))

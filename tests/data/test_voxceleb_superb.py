@@ -11,8 +11,8 @@ import soundfile as sf
 from kdjax.data import audio, pipeline, prepare
 from kdjax.errors import DatasetError
 
-pytestmark = pytest.mark.skipif(shutil.which("sox") is None or not __import__("importlib").util.find_spec("sox"),
-                                reason="needs the sox binary and package (pip install 'kdjax[sox]'; apt-get install sox)")
+NO_SOX = shutil.which("sox") is None or not __import__("importlib").util.find_spec("sox")
+pytestmark = pytest.mark.skipif(NO_SOX, reason="needs the sox binary and package (kdjax[sox]; apt-get install sox)")
 GAIN = 10 ** (-3 / 20)
 
 
