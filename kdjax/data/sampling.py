@@ -42,10 +42,23 @@ def example_values(source: Sequence[dict], key: str = "label") -> np.ndarray:
         return np.asarray(list(pool.map(lambda i: int(source[i][key]), range(len(source)))), np.int64)
 
 
-def example_lengths(source: Sequence[dict]) -> np.ndarray:
-    """Number of samples of every example, in index order (reads the split once, in threads)."""
+def example_lengths(source: Sequence[dict], cache: str | None = None) -> np.ndarray:
+    """Number of samples of every example, in index order (reads the split once, in threads).
+
+    `cache` (a .npy path) is read when it exists and written otherwise, as s3prl's len_for_bucket tables: reading
+    all of LibriSpeech 960 h once takes a while.
+    """
+    if cache and os.path.exists(cache):
+        lengths = np.load(cache)
+        if lengths.shape != (len(source),):
+            raise DatasetError(f"{cache}: {lengths.shape[0]} lengths for a split of {len(source)} examples; delete it")
+        return lengths
     with futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        return np.asarray(list(pool.map(lambda i: source[i]["audio"].shape[0], range(len(source)))), np.int64)
+        lengths = np.asarray(list(pool.map(lambda i: source[i]["audio"].shape[0], range(len(source)))), np.int64)
+    if cache:
+        os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+        np.save(cache, lengths)
+    return lengths
 
 
 def balanced_weights(labels: Sequence[int]) -> np.ndarray:

@@ -72,8 +72,11 @@ def test_balanced_resample_and_seeded_eval_crops():
     assert all(np.array_equal(x["input_values"], y["input_values"]) for x, y in zip(batches, again))
 
 
-def test_sorted_buckets_as_s3prl():
+def test_sorted_buckets_as_s3prl(tmp_path):
     lengths = [5, 30, 12, 30, 7, 18, 9]
+    cache = str(tmp_path / "lengths.npy")
+    assert sampling.example_lengths(_source([0] * 7, lengths), cache=cache).tolist() == lengths
+    assert sampling.example_lengths([{}] * 7, cache=cache).tolist() == lengths  # read back, not recomputed
     assert sampling.sorted_buckets(lengths, 3) == [[1, 3, 5], [2, 6, 4]]  # longest first; last partial batch dropped
     src = _source([0] * 7, lengths)
     it = sampling.sorted_bucket_iterator(src, batch_size=3, max_samples=20, seed=0, lengths=lengths, num_epochs=1,
