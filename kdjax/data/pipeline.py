@@ -13,6 +13,9 @@ No TensorFlow is imported on this path (tfds.data_source reads ArrayRecord and d
     utterance_ids(load_source("synthetic_speech/sv", "test"))   # example index -> utterance id
     bucketed_iterator(src, batch_size=8, boundaries=[32000, 64000, 96000], seed=0)  # variable-length corpora
 
+Recipe samplers (class-balanced KWS stream and dev resample, s3prl's length-sorted buckets, equal-length evaluation
+batches for GroupNorm encoders) are in kdjax.data.sampling; trial-list parsing is kdjax.data.trials.
+
 Batches from `train_iterator`: "input_values" float32 [b, max_samples] (random crop when longer, zero pad when
 shorter, zero-mean unit-variance over valid samples when normalize), "attention_mask" int32 [b, max_samples],
 "speaker" int32 [b] (index into metadata(name)["speakers"]; -1 where a clip has none) and "label" int32 [b] where the
