@@ -49,9 +49,11 @@ def test_superb_config_trims_and_scores_voxceleb1_test_v2(tmp_path):
         prepare.make_builder("voxceleb1/superb", data_dir=data_dir, manual_dir=str(manual)).download_and_prepare(
             download_config=__import__("tensorflow_datasets").download.DownloadConfig(manual_dir=str(manual)))
     (manual / "voxceleb1_test_v2.txt").write_text(v2)
+    (manual / "dev_meta_data.txt").write_text("0 id10001/vidA/00001.wav id10002/vidA/00001.wav\n")
     assert prepare.run("voxceleb1/superb", data_dir=data_dir, manual_dir=str(manual), num_workers=1) == 0
     meta = pipeline.metadata("voxceleb1/superb", data_dir)
-    assert list(meta["trials"]) == ["superb"] and meta["preprocessing"]["gain_db"] == -3.0
+    assert list(meta["trials"]) == ["superb", "dev"] and meta["preprocessing"]["gain_db"] == -3.0
+    assert meta["trials"]["dev"] == "train"  # s3prl's dev list is over training speakers
     assert pipeline.load_trials("voxceleb1/superb", data_dir) == [(int(l[0]), *l.split()[1:]) for l in
                                                                   v2.splitlines()]
     for split in ("train", "test"):

@@ -1,11 +1,13 @@
 """voxceleb1: VoxCeleb1 speaker identification training data and verification trials (manual_dir only).
 
 manual_dir holds the wav archives `vox1_dev_wav.zip` / `vox1_test_wav.zip` (read in place, not extracted) or their
-extracted `wav/` folders (anywhere up to two levels down), and `veri_test2.txt` (VoxCeleb1-O, cleaned, 37,611
-trials); optional `list_test_all2.txt` (-E), `list_test_hard2.txt` (-H) and s3prl's `voxceleb1_test_v2.txt` (the list
-SUPERB scores: 37,720 trials over 4,715 utterances of the 40 test speakers; s3prl ships it in
-downstream/sv_voxceleb1/). Split "test" holds the speakers of the O list, split "train" all other speakers (numbered
-first, so training classes are 0..num_train_speakers-1). Utterance ids are "idXXXXX/VIDEO/NNNNN.wav" as in the lists.
+extracted `wav/` folders (anywhere up to two levels down) and trial lists: `veri_test2.txt` ("O", VoxCeleb1-O
+cleaned, 37,611 trials), optional `list_test_all2.txt` ("E"), `list_test_hard2.txt` ("H"), and s3prl's lists from
+downstream/sv_voxceleb1/: `voxceleb1_test_v2.txt` ("superb", the list SUPERB scores: 37,720 trials over 4,715
+utterances of the 40 test speakers) and `dev_meta_data/dev_meta_data.txt` ("dev": 20,000 trials among 40 training
+speakers, s3prl's dev list, for checkpoint choice without the test set). Split "test" holds the speakers of the
+config's main list, split "train" all other speakers (numbered first, so training classes are
+0..num_train_speakers-1). Utterance ids are "idXXXXX/VIDEO/NNNNN.wav" as in the lists.
 
 Configs: "default" stores the audio as it is (trial list "O" first, needs veri_test2.txt); "superb" applies s3prl's
 SoX chain at prepare time (`gain -3.0`, `silence 1 0.1 0.1% -1 0.1 0.1%`, sv_voxceleb1/dataset.py EFFECTS; needs
@@ -25,7 +27,7 @@ from kdjax.data.builders import base
 from kdjax.errors import DatasetError
 
 TRIAL_FILES = {"O": "veri_test2.txt", "E": "list_test_all2.txt", "H": "list_test_hard2.txt",
-               "superb": "voxceleb1_test_v2.txt"}
+               "superb": "voxceleb1_test_v2.txt", "dev": "dev_meta_data.txt"}
 
 
 @dataclasses.dataclass(eq=False)
