@@ -79,7 +79,9 @@ def get_config(arg=None):
         sv_eval_batch_size=1,  # [sv/config] datarc.eval_batch_size
         sv_eval_round_to=1,  # exact lengths (one jit shape per length; e.g. 1600 trims < 0.1 s for fewer shapes)
         sv_trials="superb",  # [sv/config] test_meta_data: voxceleb1_test_v2.txt
-        sv_select="best_test",  # [sv/test] test every 20k updates, report the best test EER; or "validation"
+        sv_select="best_test",  # [sv/test] test every 20k updates, report the best test EER; "validation": best
+        #                         EER on trial list "dev" ([sv/config] dev_meta_data.txt, what s3prl's dev mode scores)
+        sv_dev_trials="dev",
         sv_test_every=20_000 * ACCUM,  # [sv/test] states-20000 ... states-200000
         sv_head="xvector_superb",  # [sv/config] module XVector (batch_norm False, dropout 0), agg SP, utter
         #                            UtteranceExtractor: Linear 3000->512 ReLU Linear 512->512 ReLU; test ReLU(Linear1)
