@@ -12,7 +12,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from kdjax.errors import AudioError
+from kdjax.errors import AudioError, DatasetError
 
 SAMPLE_RATE = 16_000
 MIN_SAMPLES = 400  # receptive field of the wav2vec2 feature encoder at 16 kHz (one 25 ms frame)
@@ -146,3 +146,27 @@ def crop_or_pad(x: np.ndarray, max_samples: int, start: int | None = None) -> tu
 def to_float(x: np.ndarray) -> np.ndarray:
     """int16 storage -> float32 in [-1, 1)."""
     return x.astype(np.float32) / 32768.0
+
+
+def sox_effects(x: np.ndarray, *, gain_db: float = 0.0, trim_silence: bool = False, name: str = "<array>",
+                rate: int = SAMPLE_RATE) -> np.ndarray:
+    """s3prl's SoX chain on float audio: `gain GAIN_DB` and, with trim_silence, `silence 1 0.1 0.1% -1 0.1 0.1%`
+    (leading silence and every silence over 0.1 s below 0.1% of full scale removed), via the sox package and binary.
+    """
+    try:
+        import sox
+    except ImportError as e:
+        raise DatasetError(f"{name}: SoX effects need the `sox` package and binary (pip install 'kdjax[sox]' and "
+                           f"apt-get install sox)") from e
+    t = sox.Transformer()
+    if gain_db:
+        t.gain(gain_db=float(gain_db), normalize=False)
+    if trim_silence:
+        t.silence(location=0, silence_threshold=0.1, min_silence_duration=0.1)
+    if not t.effects:
+        return x.astype(np.float32, copy=False)
+    try:
+        y = t.build_array(input_array=x.astype(np.float32, copy=False), sample_rate_in=rate)
+    except (OSError, sox.core.SoxError) as e:
+        raise _error(name, "sox_failed", f"sox {' '.join(t.effects)} failed ({type(e).__name__}: {e})") from e
+    return np.asarray(y, np.float32).reshape(-1)

@@ -13,6 +13,9 @@ No TensorFlow is imported on this path (tfds.data_source reads ArrayRecord and d
     utterance_ids(load_source("synthetic_speech/sv", "test"))   # example index -> utterance id
     bucketed_iterator(src, batch_size=8, boundaries=[32000, 64000, 96000], seed=0)  # variable-length corpora
 
+Recipe samplers (class-balanced KWS stream and dev resample, s3prl's length-sorted buckets, equal-length evaluation
+batches for GroupNorm encoders) are in kdjax.data.sampling; trial-list parsing is kdjax.data.trials.
+
 Batches from `train_iterator`: "input_values" float32 [b, max_samples] (random crop when longer, zero pad when
 shorter, zero-mean unit-variance over valid samples when normalize), "attention_mask" int32 [b, max_samples],
 "speaker" int32 [b] (index into metadata(name)["speakers"]; -1 where a clip has none) and "label" int32 [b] where the
@@ -31,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import grain
 import numpy as np
 
-from kdjax.data import audio
+from kdjax.data import audio, trials
 from kdjax.errors import DatasetError
 
 
@@ -78,8 +81,11 @@ def label_names(name: str, data_dir: str | None = None) -> list[str]:
     return list(builder.info.features["label"].names)
 
 
-def _example(ex: dict, max_samples: int, start: int | None, normalize: bool) -> dict[str, np.ndarray]:
+def _example(ex: dict, max_samples: int, start: int | None, normalize: bool,
+             gain_db: float = 0.0) -> dict[str, np.ndarray]:
     x, mask = audio.crop_or_pad(audio.to_float(ex["audio"]), max_samples, start)
+    if gain_db:  # s3prl's SoX `gain` (speech_commands: -3 dB); a no-op under normalize
+        x = x * np.float32(10.0 ** (gain_db / 20.0))
     out = {"input_values": audio.normalize(x, mask) if normalize else x, "attention_mask": mask,
            "speaker": np.int32(ex["speaker"])}
     if "label" in ex:
@@ -89,8 +95,12 @@ def _example(ex: dict, max_samples: int, start: int | None, normalize: bool) -> 
 
 def train_iterator(source: Sequence[dict], *, batch_size: int, max_samples: int, seed: int, shuffle: bool = True,
                    num_epochs: int | None = None, normalize: bool = True, process_index: int | None = None,
-                   process_count: int | None = None, min_samples: int = 0) -> grain.DatasetIterator:
-    """Seeded, sharded, checkpointable grain iterator of training batches (see the module docstring)."""
+                   process_count: int | None = None, min_samples: int = 0,
+                   gain_db: float = 0.0) -> grain.DatasetIterator:
+    """Seeded, sharded, checkpointable grain iterator of training batches (see the module docstring).
+
+    `min_samples` drops shorter clips (s3prl's SV: longer than 2 s, min_samples=32001); `gain_db` scales the audio.
+    """
     if process_index is None or process_count is None:
         import jax
 
@@ -109,7 +119,7 @@ def train_iterator(source: Sequence[dict], *, batch_size: int, max_samples: int,
 
     def crop(ex: dict, rng: np.random.Generator) -> dict:
         start = int(rng.integers(0, max(ex["audio"].shape[0] - max_samples, 0) + 1))
-        return _example(ex, max_samples, start, normalize)
+        return _example(ex, max_samples, start, normalize, gain_db)
 
     ds = ds.random_map(crop, seed=seed)  # the global stream: row i depends only on (seed, i)
     ds = _process_rows(ds, batch_size, process_index, process_count)
@@ -138,15 +148,16 @@ def _process_rows(ds: grain.MapDataset, batch_size: int, process_index: int, pro
 
 
 def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | None = None,
-                 normalize: bool = True, pad_to: int | None = None,
-                 indices: Sequence[int] | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 normalize: bool = True, pad_to: int | None = None, indices: Sequence[int] | None = None,
+                 starts: Sequence[int | None] | None = None, gain_db: float = 0.0) -> Iterator[dict[str, np.ndarray]]:
     """All examples in order, padded to the batch's longest clip (or centre-cropped to max_samples).
 
     The last batch is padded up to batch_size; "valid" (bool) marks real rows and "index" (int32) their position.
     `pad_to` rounds each batch's length up to a multiple of it (capped at max_samples), so a jitted model sees few
-    shapes; `indices` restricts the batches to those examples (in that order).
+    shapes; `indices` restricts the batches to those examples (in that order, repeats allowed); `starts` (one per
+    index) gives crop offsets for clips longer than max_samples instead of the centre.
     """
-    order = list(range(len(source))) if indices is None else list(indices)
+    order = list(range(len(source))) if indices is None else [int(i) for i in indices]
     for lo in range(0, len(order), batch_size):
         take = order[lo:lo + batch_size]
         exs = [source[i] for i in take]
@@ -154,7 +165,9 @@ def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | 
         if pad_to:
             longest = -(-longest // pad_to) * pad_to
         length = longest if max_samples is None else min(longest, max_samples)
-        rows = [_example(ex, length, None, normalize) for ex in exs]
+        offsets = [None] * len(take) if starts is None else list(starts[lo:lo + batch_size])
+        rows = [_example(ex, length, None if st is None else min(int(st), max(ex["audio"].shape[0] - length, 0)),
+                         normalize, gain_db) for ex, st in zip(exs, offsets)]
         pad = batch_size - len(rows)
         rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * pad
         batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
@@ -164,24 +177,31 @@ def eval_batches(source: Sequence[dict], *, batch_size: int, max_samples: int | 
 
 
 def process_eval_batches(source: Sequence[dict], *, global_batch_size: int, max_samples: int,
-                         limit: int | None = None, normalize: bool = True) -> Iterator[dict[str, np.ndarray]]:
+                         limit: int | None = None, normalize: bool = True, indices: Sequence[int] | None = None,
+                         crop_seed: int | None = None, gain_db: float = 0.0) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of the first `limit` examples as fixed-shape [batch, max_samples] batches.
 
     Every process yields the same number of batches (what a multi-process evaluation needs); rows past the end are
-    padding with "valid" False.
+    padding with "valid" False. `indices` evaluates those examples instead (e.g. `balanced_resample`'s, repeats
+    allowed); `crop_seed` crops clips longer than max_samples at a random offset drawn from (crop_seed, position in
+    the list) instead of the centre, the same for any process count.
     """
     import jax
 
-    count = len(source) if limit is None else min(int(limit), len(source))
+    order = list(range(len(source))) if indices is None else [int(i) for i in indices]
+    count = len(order) if limit is None else min(int(limit), len(order))
     per_process = global_batch_size // jax.process_count()
-    mine = list(range(jax.process_index(), count, jax.process_count()))
+    mine = list(range(jax.process_index(), count, jax.process_count()))  # positions in `order`
     steps = -(-count // global_batch_size)
     mine += [-1] * (steps * per_process - len(mine))
     for s in range(steps):
-        rows = [i for i in mine[s * per_process:(s + 1) * per_process] if i >= 0]
+        rows = [p for p in mine[s * per_process:(s + 1) * per_process] if p >= 0]
         if rows:
+            starts = None if crop_seed is None else [_crop_start(source[order[p]], max_samples, crop_seed, p)
+                                                     for p in rows]
             batch = next(eval_batches(source, batch_size=per_process, max_samples=max_samples, normalize=normalize,
-                                      pad_to=max_samples, indices=rows))
+                                      pad_to=max_samples, indices=[order[p] for p in rows], starts=starts,
+                                      gain_db=gain_db))
         else:  # this process has run out of examples; it still takes part with an all-padding batch
             batch = next(eval_batches(source, batch_size=per_process, max_samples=max_samples, normalize=normalize,
                                       pad_to=max_samples, indices=[0]))
@@ -189,34 +209,14 @@ def process_eval_batches(source: Sequence[dict], *, global_batch_size: int, max_
         yield batch
 
 
+def _crop_start(ex: dict, max_samples: int, seed: int, position: int) -> int:
+    """A random crop offset for one evaluation row, fixed by (seed, position)."""
+    return int(np.random.default_rng([seed, position]).integers(0, max(ex["audio"].shape[0] - max_samples, 0) + 1))
+
+
 def utterance_ids(source: Sequence[dict]) -> list[str]:
     """The "id" of every example of a source, in index order."""
     return [ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"]) for ex in source]
-
-
-def parse_trials(path: str) -> list[tuple[int, str, str]]:
-    """Read a VoxCeleb-style trial list ("1 utt_a utt_b" a line); errors name the file and line."""
-    trials = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split()
-            if len(parts) != 3 or parts[0] not in ("0", "1"):
-                raise DatasetError(f"{path}:{lineno}: expected 'LABEL UTT_A UTT_B' with LABEL 0 or 1, "
-                                   f"got {line.strip()!r}")
-            trials.append((int(parts[0]), parts[1], parts[2]))
-    if not trials:
-        raise DatasetError(f"{path}: trial list is empty")
-    return trials
-
-
-def check_trials(trials: list[tuple[int, str, str]], ids: set[str], path: str) -> None:
-    """Raise DatasetError naming the first utterance id (and its line) that is not in `ids`."""
-    for lineno, (_, a, b) in enumerate(trials, 1):
-        for utt in (a, b):
-            if utt not in ids:
-                raise DatasetError(f"{path}:{lineno}: utterance id {utt!r} is not in the dataset")
 
 
 def load_trials(name: str, data_dir: str | None = None, trial_list: str | None = None) -> list[tuple[int, str, str]]:
@@ -229,9 +229,9 @@ def load_trials(name: str, data_dir: str | None = None, trial_list: str | None =
     if trial_list not in lists:
         raise DatasetError(f"dataset {name} has no trial list {trial_list!r}; lists: {sorted(lists)}")
     path = os.fspath(builder.data_path / "trials" / f"{trial_list}.txt")
-    trials = parse_trials(path)
-    check_trials(trials, set(utterance_ids(builder.as_data_source(split=lists[trial_list]))), path)
-    return trials
+    parsed = trials.parse(path)
+    trials.check_ids(parsed, set(utterance_ids(builder.as_data_source(split=lists[trial_list]))), path)
+    return parsed
 
 
 def bucketed_iterator(source: Sequence[dict], *, batch_size: int, boundaries: Sequence[int], seed: int,

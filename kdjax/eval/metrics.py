@@ -1,15 +1,15 @@
 """Evaluation metrics in pure numpy: KWS accuracy and confusion matrix; SV cosine scoring, AS-norm, EER, minDCF, DET.
 
 Conventions: a trial is accepted when score >= threshold; error rates are fractions in [0, 1]; SV labels are 1 for
-target (same speaker) trials and 0 for non-target trials.
+target (same speaker) trials and 0 for non-target trials. Trial lists are read by kdjax.data.trials.
 """
 from __future__ import annotations
 
-import os
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 
+from kdjax.data.trials import check_index_table
 from kdjax.errors import DatasetError
 
 
@@ -38,57 +38,6 @@ def confusion_matrix(labels: np.ndarray, logits_or_preds: np.ndarray, num_classe
     return np.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
-# ----------------------------------------------------------------------------------------------------- trials
-def parse_trials(source: str | os.PathLike | Iterable[str], index: Mapping[str, int]) -> np.ndarray:
-    """Parse a VoxCeleb-style trial list ("1 enroll_key test_key" a line) into int [N, 3] (is_target, a, b).
-
-    `source` is a path or an iterable of lines; `index` maps utterance keys to embedding rows.
-    """
-    where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "trial list"
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source) as f:
-                lines = f.read().splitlines()
-        except OSError as e:
-            raise DatasetError(f"cannot read trial list {where}: {e}") from e
-    else:
-        lines = list(source)
-    rows = []
-    for n, line in enumerate(lines, 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 3 or parts[0] not in ("0", "1"):
-            raise DatasetError(f"{where} line {n}: expected '<0|1> <enroll> <test>', got {line.strip()!r}")
-        for key in parts[1:]:
-            if key not in index:
-                raise DatasetError(f"{where} line {n}: utterance {key!r} has no embedding")
-        rows.append((int(parts[0]), index[parts[1]], index[parts[2]]))
-    if not rows:
-        raise DatasetError(f"{where}: no trials")
-    return np.asarray(rows, np.int64)
-
-
-def check_trials(trials: np.ndarray, num_embeddings: int) -> np.ndarray:
-    """Validate an int [N, 3] (is_target, index_a, index_b) array; errors name the first bad row."""
-    t = np.asarray(trials)
-    if t.ndim != 2 or t.shape[1] != 3 or t.shape[0] == 0:
-        raise DatasetError(f"trials: expected a non-empty [N, 3] array (is_target, index_a, index_b), got {t.shape}")
-    if not np.issubdtype(t.dtype, np.integer):
-        if not np.all(np.equal(np.mod(t, 1), 0)):
-            row = int(np.flatnonzero(np.any(np.mod(t, 1) != 0, axis=1))[0])
-            raise DatasetError(f"trials row {row}: non-integer entries {t[row].tolist()}")
-        t = t.astype(np.int64)
-    bad = np.flatnonzero((t[:, 0] != 0) & (t[:, 0] != 1))
-    if bad.size:
-        raise DatasetError(f"trials row {bad[0]}: is_target must be 0 or 1, got {t[bad[0], 0]}")
-    bad = np.flatnonzero(np.any((t[:, 1:] < 0) | (t[:, 1:] >= num_embeddings), axis=1))
-    if bad.size:
-        raise DatasetError(f"trials row {bad[0]}: index in {t[bad[0], 1:].tolist()} outside the "
-                           f"{num_embeddings} embeddings")
-    return t
-
-
 # ----------------------------------------------------------------------------------------------------- scoring
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (zero rows stay zero)."""
@@ -114,7 +63,7 @@ def cosine_scores(embeddings: np.ndarray, trials: np.ndarray, *, cohort: np.ndar
     scores and the two are averaged.
     """
     emb = l2_normalize(embeddings)
-    t = check_trials(trials, emb.shape[0])
+    t = check_index_table(trials, emb.shape[0])
     a, b = t[:, 1], t[:, 2]
     scores = np.einsum("nd,nd->n", emb[a], emb[b])
     if cohort is not None:

@@ -1,5 +1,8 @@
 """Downstream heads on encoder hidden states: layer featurizer, KWS head, x-vector and ECAPA-TDNN heads, margin losses.
 
+SV heads: `head(x, mask)` is the test embedding and `head.training_embedding(x, mask)` what the speaker loss sees
+(the same for XVectorHead and ECAPAHead; SUPERBXVectorHead's differ, as s3prl's UtteranceExtractor).
+
 Heads take plain arrays (hidden states [B, T, D] plus a frame mask [B, T], True on valid frames), so they work on any
 encoder. Layout is channels-last throughout.
 
@@ -105,15 +108,16 @@ class TDNNLayer(nnx.Module):
     """Conv1d over time -> ReLU -> BatchNorm (Kaldi x-vector order), with masked batch statistics.
 
     `padding="VALID"` (x-vector) shrinks the sequence by (kernel-1)*dilation frames, and an output frame is valid only
-    when its whole receptive field is; `"SAME"` (ECAPA) keeps the length and the mask.
+    when its whole receptive field is; `"SAME"` (ECAPA) keeps the length and the mask. `batch_norm=False` drops the
+    BatchNorm (s3prl's SUPERB x-vector: `batch_norm: False`).
     """
 
     def __init__(self, dim_in: int, dim_out: int, kernel: int, dilation: int = 1, *, padding: str = "VALID",
-                 rngs: nnx.Rngs):
+                 batch_norm: bool = True, rngs: nnx.Rngs):
         self.kernel, self.dilation, self.padding = kernel, dilation, padding
         self.conv = nnx.Conv(dim_in, dim_out, kernel_size=(kernel,), kernel_dilation=(dilation,), padding=padding,
                              rngs=rngs)
-        self.norm = nnx.BatchNorm(dim_out, momentum=0.9, rngs=rngs)
+        self.norm = nnx.BatchNorm(dim_out, momentum=0.9, rngs=rngs) if batch_norm else None
 
     def output_mask(self, mask: jax.Array) -> jax.Array:
         """Valid output frames for valid input frames [B, T]."""
@@ -128,7 +132,7 @@ class TDNNLayer(nnx.Module):
         x = jnp.where(mask[..., None], x, 0)
         y = jax.nn.relu(self.conv(x))
         out_mask = self.output_mask(mask)
-        return self.norm(y, mask=out_mask[..., None]), out_mask
+        return (y if self.norm is None else self.norm(y, mask=out_mask[..., None])), out_mask
 
 
 class XVectorHead(nnx.Module):
@@ -155,6 +159,55 @@ class XVectorHead(nnx.Module):
         for layer in self.tdnn:
             x, mask = layer(x, mask)
         return self.embedding(statistics_pooling(x, mask))
+
+    def training_embedding(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """What the speaker loss sees: the same embedding as at test time for this head."""
+        return self(x, mask)
+
+
+def unbiased_statistics_pooling(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean and Bessel-corrected standard deviation (torch.std) over valid frames: [B, T, D] -> [B, 2D]."""
+    x = jnp.where(mask[..., None], x, 0)
+    count = mask.astype(x.dtype).sum(1)[:, None]
+    mean = x.sum(1) / jnp.maximum(count, 1.0)
+    sq = jnp.where(mask[..., None], jnp.square(x - mean[:, None]), 0).sum(1)
+    return jnp.concatenate([mean, jnp.sqrt(sq / jnp.maximum(count - 1.0, 1.0) + 1e-12)], axis=-1)
+
+
+class SUPERBXVectorHead(nnx.Module):
+    """s3prl's SUPERB ASV model (sv_voxceleb1 configs/amsoftmax.yaml): x-vector without BatchNorm, two-layer block.
+
+    connector Linear(input_dim -> 512), 5 TDNN layers (context 5/3/3/1/1, dilation 1/2/3/1/1, widths 512 x 4 and
+    1500, ReLU, no BatchNorm, no dropout), statistics pooling (mean and torch.std over valid frames -> 3000), then
+    s3prl's UtteranceExtractor: training output ReLU(Linear2(ReLU(Linear1 3000->512))) 512->512, test embedding
+    ReLU(Linear1) (`__call__`). s3prl counts one padded frame into each padded row's pooling (its mask arithmetic);
+    here pooling covers valid frames only.
+    """
+
+    CONTEXT = XVectorHead.CONTEXT
+    DILATION = XVectorHead.DILATION
+
+    def __init__(self, input_dim: int, *, hidden: int = 512, agg_dim: int = 1500, rngs: nnx.Rngs):
+        self.projector = nnx.Linear(input_dim, hidden, rngs=rngs)
+        dims = (hidden,) * 5 + (agg_dim,)
+        self.tdnn = nnx.List([TDNNLayer(dims[i], dims[i + 1], k, d, batch_norm=False, rngs=rngs)
+                              for i, (k, d) in enumerate(zip(self.CONTEXT, self.DILATION))])
+        self.linear1 = nnx.Linear(2 * agg_dim, hidden, rngs=rngs)
+        self.linear2 = nnx.Linear(hidden, hidden, rngs=rngs)
+
+    def _pooled(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        x = self.projector(x)
+        for layer in self.tdnn:
+            x, mask = layer(x, mask)
+        return unbiased_statistics_pooling(x, mask)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """The test embedding ReLU(Linear1(pooled)) [B, hidden] (s3prl UtteranceExtractor.inference)."""
+        return jax.nn.relu(self.linear1(self._pooled(x, mask)))
+
+    def training_embedding(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """What AM-softmax sees in training: ReLU(Linear2(ReLU(Linear1(pooled)))) (UtteranceExtractor.forward)."""
+        return jax.nn.relu(self.linear2(self(x, mask)))
 
 
 # ----------------------------------------------------------------------------------------------------- ECAPA-TDNN
@@ -236,6 +289,10 @@ class ECAPAHead(nnx.Module):
             outs.append(x)
         x, _ = self.mfa(jnp.concatenate(outs, axis=-1), mask)
         return self.embedding(self.pool_norm(self.pool(x, mask)))
+
+    def training_embedding(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        """What the speaker loss sees: the same embedding as at test time for this head."""
+        return self(x, mask)
 
 
 # ----------------------------------------------------------------------------------------------------- losses

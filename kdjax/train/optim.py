@@ -16,6 +16,10 @@ gradients (distillation's feature_grad_mult, fine-tuning's frozen conv stack and
 zeroes frozen gradients and scales the others before the global norm is taken, and a zeroed gradient lets XLA drop
 the backward pass that would compute it.
 
+Weight-decay groups: `no_decay=("bias",)` applies no weight decay to params whose path (e.g.
+"encoder/layers/0/attention/q_proj/bias") contains one of the strings, weight_decay to the rest (s3prl's
+get_grouped_parameters: 0.01 on the rest, 0 on names containing "bias", "LayerNorm.bias" or "LayerNorm.weight").
+
 Gradient accumulation: `accum_steps=k` wraps everything in optax.MultiSteps: the loop step still consumes one
 batch, params change every k steps with the mean gradient, and the schedule counts updates (total_steps // k).
 """
@@ -35,7 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
     """The optimizer fields every config carries under `config.optim`."""
     return ml_collections.ConfigDict(dict(
         name="adamw", lr=2e-4, schedule="linear", warmup_frac=0.07, warmup_steps=-1, b1=0.9, b2=0.98, eps=1e-6,
-        weight_decay=1e-6, clip_norm=5.0, accum_steps=1, groups=ml_collections.ConfigDict(),
+        weight_decay=1e-6, no_decay=(), clip_norm=5.0, accum_steps=1, groups=ml_collections.ConfigDict(),
     ))
 
 
@@ -58,9 +62,34 @@ def make_schedule(cfg: Any, total_updates: int, lr: float | None = None) -> opta
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), after], [warm])
 
 
+def param_path(path: tuple) -> str:
+    """'encoder/layers/0/attention/q_proj/bias' for a pytree key path (the name the no_decay patterns match)."""
+    parts = []
+    for k in path:
+        k = getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))
+        parts.append(str(k))
+    return "/".join(parts[:-1] if parts and parts[-1] == "value" else parts)  # nnx.State leaves end in "value"
+
+
+def decay_mask(no_decay: tuple[str, ...]) -> Callable[[Any], Any] | None:
+    """A weight-decay mask: False for params whose path contains any of `no_decay` (s3prl's rule: any "bias")."""
+    patterns = tuple(str(p) for p in (no_decay or ()))
+    if not patterns:
+        return None
+
+    def mask(params: Any) -> Any:
+        import jax
+
+        return jax.tree_util.tree_map_with_path(lambda path, _: not any(p in param_path(path) for p in patterns),
+                                                params)
+
+    return mask
+
+
 def _base(cfg: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
     if cfg.name == "adamw":
-        return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                           mask=decay_mask(tuple(cfg.get("no_decay", ()) or ())))
     if cfg.name == "adam":
         return optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     if cfg.name == "sgd":

@@ -87,16 +87,6 @@ def test_labels_metadata_trials(tiny_data_dir):
         pipeline.label_names("synthetic_speech/sv_tiny", tiny_data_dir)
 
 
-def test_trial_errors(tmp_path):
-    bad = tmp_path / "t.txt"
-    bad.write_text("1 a b\n2 a b\n")
-    with pytest.raises(DatasetError, match=r"t.txt:2"):
-        pipeline.parse_trials(str(bad))
-    bad.write_text("1 a b\n0 a zz\n")
-    with pytest.raises(DatasetError, match=r"t.txt:2: utterance id 'zz'"):
-        pipeline.check_trials(pipeline.parse_trials(str(bad)), {"a", "b"}, str(bad))
-
-
 def test_not_prepared_error(tmp_path):
     with pytest.raises(DatasetError, match="kdjax prepare synthetic_speech/kws"):
         pipeline.load_source("synthetic_speech/kws", "train", str(tmp_path))

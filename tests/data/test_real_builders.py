@@ -37,11 +37,11 @@ def test_speech_commands(tmp_path, packed):
         os.makedirs(manual)
         _tar(src, os.path.join(manual, "speech_commands_v0.01.tar.gz"))
     data_dir = str(tmp_path / "tfds")
-    assert prepare.run("speech_commands/v1", data_dir=data_dir, manual_dir=manual, num_workers=1) == 0
-    names = pipeline.label_names("speech_commands/v1", data_dir)
+    assert prepare.run("speech_commands/v1_lists", data_dir=data_dir, manual_dir=manual, num_workers=1) == 0
+    names = pipeline.label_names("speech_commands/v1_lists", data_dir)
     got = {}
     for split in ("train", "validation", "test"):
-        s = pipeline.load_source("speech_commands/v1", split, data_dir)
+        s = pipeline.load_source("speech_commands/v1_lists", split, data_dir)
         got[split] = sorted((names[s[i]["label"]], int(s[i]["speaker"])) for i in range(len(s)))
     assert got["train"] == sorted([("yes", 0), ("no", 0), ("_unknown_", 1)] + [("_silence_", -1)] * 8)
     assert got["validation"] == [("_silence_", -1), ("yes", 2)]
