@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kdjax-installed
 
-.PHONY: demo test clean
+.PHONY: demo test clean sox
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/kdjax demo --workdir runs/demo
 
-test: $(STAMP)
+test: $(STAMP) sox
 	$(PY) -m pytest -q
+
+# The SoX binary for the SUPERB ASV preprocessing tests (Debian's package; needs root, as on CI).
+sox:
+	@command -v sox >/dev/null || (apt-get update -qq && apt-get install -y -qq sox >/dev/null) || \
+		echo "warning: SoX is not installed and could not be: the voxceleb1/superb tests will be skipped"
 
 clean:
 	rm -rf $(VENV) runs

@@ -13,43 +13,29 @@ Variant args (comma separated after the colon): `student=1L` (depth), `steps=N`,
 instead of prediction heads), `random` (random student init), `runlocal` (a few steps on `unlabeled_tiny` with 1 s
 crops, for tests).
 """
-from kdjax.distill.config import distill_config, parse_args, student_layers_arg
+from kdjax.distill.config import distill_config, variants
+from kdjax.train.loop import parse_args
 
 
 def get_config(arg=None):
     """The tiny distillation config; `arg` holds variant args (see the module docstring)."""
-    args = parse_args(arg)
     config = distill_config()
     config.seed = 0
-    config.total_steps = int(args.get("steps", 1000))
+    config.total_steps = 1000
     config.batch_size = 8
     config.log_every = 50
     config.eval_every = 250
-    config.checkpoint.save_every = 250
-    config.checkpoint.keep = 2
-    config.optim.lr = 5e-4
+    config.checkpoint.update(save_every=250, keep=2)
+    config.optim.update(name="adamw", lr=5e-4, schedule="linear", warmup_frac=0.07, weight_decay=1e-6, clip_norm=5.0)
     d = config.distill
     d.teacher = "runs/pretrain_tiny_hubert/teacher_hf"
-    teacher_layers = 8
-    d.loss.target_layers = [2, 4, 8]
+    d.student.update(num_hidden_layers=2, init="teacher")
+    d.loss.update(mode="prediction", target_layers=(2, 4, 8), cos_weight=1.0)
+    d.feature_grad_mult = 0.1
     d.update(dataset="synthetic_speech/unlabeled", train_split="train", eval_split="validation", max_seconds=3.0,
-             eval_utterances=64)
-    if "student" in args:
-        d.student.num_hidden_layers = student_layers_arg(args["student"])
-    if "random" in args:
-        d.student.init = "random"
-    if "runlocal" in args:
-        config.total_steps = int(args.get("steps", 6))
-        config.log_every = 2
-        config.eval_every = 0
-        config.checkpoint.save_every = 1000
-        config.progress = False
+             eval_utterances=64, batching="crop")
+    teacher_layers = 8
+    if "runlocal" in parse_args(arg):
         teacher_layers = 3  # the tests' tiny teacher (tests/hf_utils.py)
-        d.loss.target_layers = [1, 2, 3]
-        d.update(dataset="synthetic_speech/unlabeled_tiny", max_seconds=1.0, eval_utterances=8)
-    if "hint" in args:
-        n = d.student.num_hidden_layers
-        d.loss.mode = "hint"
-        d.loss.student_layers = list(range(1, n + 1))
-        d.loss.target_layers = [teacher_layers * i // n for i in range(1, n + 1)]
-    return config
+        d.loss.target_layers = (1, 2, 3)
+    return variants(config, arg, teacher_layers)

@@ -11,10 +11,11 @@ Launch (the exact command; add `--config.field=value` overrides at the end):
 
   pip install 'kdjax[sox]' && apt-get install sox      # s3prl's SoX gain and silence trimming at prepare time
   kdjax prepare voxceleb1/superb --manual_dir /path/to/vox1   # zips or wav/, veri_test2.txt, voxceleb1_test_v2.txt
-  python -m kdjax.main --config=configs/superb_asv.py:encoder=/path/to/hubert-base-ls960 --workdir=runs/superb_asv
+  python -m kdjax.main --config=configs/superb_asv.py --workdir=runs/superb_asv \
+      --config.finetune.encoder=/path/to/hubert-base-ls960
 
 Steps: s3prl counts optimizer updates (200k of 5 accumulated batches of 10); kdjax's loop counts batches, so
-total_steps is 5 x 200k with accum_steps=5. Variant args: `encoder=PATH`, `last` (featurizer on the last layer only:
+total_steps is 5 x 200k with accum_steps=5. Variant args: `last` (featurizer on the last layer only:
 DistilHuBERT's published `-s paper`), `runlocal` (a few steps on the synthetic tiny corpus; not SUPERB).
 """
 import ml_collections
@@ -35,7 +36,7 @@ def get_config(arg=None):
     c.total_steps = UPDATES * ACCUM  # loop steps = batches
     c.batch_size = 10  # [sv/config] datarc.train_batch_size
     c.log_every = 500 * ACCUM  # [sv/config] runner.log_step
-    c.eval_every = 0  # [sv/config] runner.eval_dataloaders: [] (nothing is evaluated while training)
+    c.eval_every = 20_000 * ACCUM  # [sv/test] test_expdir.sh scores states-20000 ... states-200000 (sv_select)
     c.progress = True
     c.distributed = False
     c.mesh = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2**14, devices=0))
@@ -43,7 +44,7 @@ def get_config(arg=None):
         save_every=10_000 * ACCUM,  # [sv/config] runner.save_step
         keep=20,  # [sv/config] runner.max_keep: every checkpoint of the run is kept
         async_save=True,
-        best_metric="", best_mode="",  # selection happens after training: sv_select below
+        best_metric="", best_mode="",  # the task's: sv/test/eer, min (sv_select="best_test")
     ))
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw",  # [sv/config] optimizer: TorchOptim, torch_optim_name AdamW
@@ -59,7 +60,7 @@ def get_config(arg=None):
     ))
     c.finetune = ml_collections.ConfigDict(dict(
         mode="sv",
-        encoder=args.get("encoder", ""),
+        encoder="",  # --config.finetune.encoder=DIR
         init="pretrained",
         frozen=True,  # [run] -f/--upstream_trainable off by default: upstream.eval(), no gradient
         freeze_feature_encoder=True,
@@ -67,11 +68,11 @@ def get_config(arg=None):
         mask_time_prob=0.0, mask_time_length=10, mask_time_min_masks=0,  # frozen upstream: no SpecAugment
         encoder_overrides=ml_collections.ConfigDict(),
         featurizer="last" if "last" in args else "weighted_sum",  # [run] -s hidden_states: softmax-weighted sum
-        model_name=args.get("name", ""), role="", teacher_name="",
+        model_name="", role="", teacher_name="",
         kws_dataset="synthetic_speech/kws",  # unused in mode "sv"
         sv_dataset="voxceleb1/superb",  # [sv/dataset] EFFECTS gain -3.0 + silence 1 0.1 0.1% -1 0.1 0.1% (prepare)
-        data_dir=None,
-        kws_seconds=1.0,  # unused in mode "sv"
+        data_dir=ml_collections.FieldReference(None, field_type=str),
+        kws_seconds=1.0, kws_hidden=256, kws_sampling="uniform", kws_dev="plain", kws_dev_seed=0,  # unused: "sv"
         sv_seconds=8.0,  # [sv/config] datarc.max_timestep 128000: random crop of longer training utterances
         sv_min_seconds=2.0,  # [sv/config] vad_config.min_sec 32000: training clips longer than 2 s (after trim)
         sv_eval_max_seconds=0.0,  # [sv/dataset] SpeakerVerifi_test: full-length test utterances (0: no crop)
@@ -82,7 +83,6 @@ def get_config(arg=None):
         sv_select="best_test",  # [sv/test] test every 20k updates, report the best test EER; "validation": best
         #                         EER on trial list "dev" ([sv/config] dev_meta_data.txt, what s3prl's dev mode scores)
         sv_dev_trials="dev",
-        sv_test_every=20_000 * ACCUM,  # [sv/test] states-20000 ... states-200000
         sv_head="xvector_superb",  # [sv/config] module XVector (batch_norm False, dropout 0), agg SP, utter
         #                            UtteranceExtractor: Linear 3000->512 ReLU Linear 512->512 ReLU; test ReLU(Linear1)
         sv_width=512,  # [sv/config] modelrc.input_dim (connector and TDNN width)
@@ -101,10 +101,11 @@ def get_config(arg=None):
                                                  loss=loss_fields())),
     ))
     if "runlocal" in args:  # plumbing check only
-        c.total_steps, c.batch_size, c.log_every = 6, 8, 2
+        c.total_steps, c.batch_size, c.log_every, c.eval_every = 6, 8, 2, 3
         c.optim.accum_steps = 1
         c.checkpoint.save_every = 3
         c.progress = False
         c.finetune.update(sv_dataset="synthetic_speech/sv_tiny", sv_seconds=1.0, sv_min_seconds=0.0, sv_width=64,
-                          sv_agg_dim=96, sv_embed_dim=64, sv_trials="", sv_test_every=3)
+                          sv_agg_dim=96, sv_embed_dim=64, sv_trials="", sv_eval_round_to=16_000,
+                          sv_eval_batch_size=4)
     return c

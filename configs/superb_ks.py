@@ -9,9 +9,10 @@ kdjax's own defaults (configs/finetune_kws.py) differ where docs/superb.md says 
 Launch (the exact command; add `--config.field=value` overrides at the end):
 
   kdjax prepare speech_commands/v1 --manual_dir /path/with/both/tarballs   # or let TFDS download them
-  python -m kdjax.main --config=configs/superb_ks.py:encoder=/path/to/hubert-base-ls960 --workdir=runs/superb_ks
+  python -m kdjax.main --config=configs/superb_ks.py --workdir=runs/superb_ks \
+      --config.finetune.encoder=/path/to/hubert-base-ls960
 
-Variant args: `encoder=PATH`, `last` (featurizer on the last layer only: DistilHuBERT's published `-s paper`),
+Variant args: `last` (featurizer on the last layer only: DistilHuBERT's published `-s paper`),
 `runlocal` (a few steps on the synthetic tiny corpus, to check the plumbing; not SUPERB).
 """
 import ml_collections
@@ -54,7 +55,7 @@ def get_config(arg=None):
     ))
     c.finetune = ml_collections.ConfigDict(dict(
         mode="kws",
-        encoder=args.get("encoder", ""),
+        encoder="",  # --config.finetune.encoder=DIR
         init="pretrained",
         frozen=True,  # [run] -f/--upstream_trainable off by default: upstream.eval(), no gradient
         freeze_feature_encoder=True,
@@ -62,10 +63,10 @@ def get_config(arg=None):
         mask_time_prob=0.0, mask_time_length=10, mask_time_min_masks=0,  # frozen upstream: no SpecAugment
         encoder_overrides=ml_collections.ConfigDict(),
         featurizer="last" if "last" in args else "weighted_sum",  # [run] -s hidden_states: softmax-weighted sum
-        model_name=args.get("name", ""), role="", teacher_name="",
+        model_name="", role="", teacher_name="",
         kws_dataset="speech_commands/v1",  # [sc/expert] train/dev from the training archive, test = test archive
         sv_dataset="synthetic_speech/sv",  # unused in mode "kws"
-        data_dir=None,
+        data_dir=ml_collections.FieldReference(None, field_type=str),
         kws_seconds=1.0,  # [sc/dataset] _silence_ items: a random 1 s crop of a noise file (words are <= 1 s)
         kws_sampling="balanced",  # [sc/expert] WeightedRandomSampler(weights N / count) on train, with replacement
         kws_dev="balanced_resample",  # [sc/expert] _get_balanced_dev_dataloader: dev drawn the same way
@@ -73,6 +74,9 @@ def get_config(arg=None):
         normalize=False,  # [hubert] task_cfg.normalize is False for the base models: raw waveform in
         gain_db=-3.0,  # [sc/dataset] EFFECTS: gain -3.0 (after channels 1, rate 16000)
         sv_seconds=3.0, sv_eval_max_seconds=8.0, sv_head="xvector", sv_loss="aam", sv_width=512, sv_embed_dim=0,
+        sv_min_seconds=0.0, sv_agg_dim=1500, sv_margin_scale=30.0,
+        sv_margin=ml_collections.FieldReference(None, field_type=float), sv_eval="padded",
+        sv_eval_batch_size=1, sv_eval_round_to=1, sv_trials="", sv_dev_trials="", sv_select="final",
         kws_weight=1.0, sv_weight=1.0,  # sv_*: unused in mode "kws"
         eval_batch_size=32,  # [sc/config] datarc.batch_size (dev and test loaders)
         labels=["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_unknown_",

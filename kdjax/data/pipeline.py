@@ -72,6 +72,11 @@ def metadata(name: str, data_dir: str | None = None) -> dict[str, Any]:
     return dict(_builder(name, data_dir).info.metadata)
 
 
+def lengths_cache(name: str, split: str, data_dir: str | None = None) -> str:
+    """Where the clip lengths of a prepared split are cached (beside its ArrayRecord files)."""
+    return os.fspath(_builder(name, data_dir).data_path / f"lengths-{split.replace('+', '_')}.npy")
+
+
 def label_names(name: str, data_dir: str | None = None) -> list[str]:
     """Class names of the dataset's "label" feature (index = label id)."""
     builder = _builder(name, data_dir)

@@ -55,9 +55,11 @@ def example_lengths(source: Sequence[dict], cache: str | None = None) -> np.ndar
         return lengths
     with futures.ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         lengths = np.asarray(list(pool.map(lambda i: source[i]["audio"].shape[0], range(len(source)))), np.int64)
-    if cache:
+    if cache:  # written whole or not at all: a kill never leaves a truncated table
         os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
-        np.save(cache, lengths)
+        tmp = f"{cache}.tmp-{os.getpid()}.npy"
+        np.save(tmp, lengths)
+        os.replace(tmp, cache)
     return lengths
 
 

@@ -8,11 +8,14 @@
                                      include_padding, layer_reduction, head_inter_dim
     config.distill.feature_grad_mult gradient scale into the student's conv stack (s3prl: 0.1; 0 freezes it)
     config.distill.dataset / train_split / eval_split / data_dir / max_seconds / eval_utterances
+    config.distill.batching / pad_to "crop" (kdjax) or "sorted_buckets" (s3prl's length-sorted batches)
     config.distill.export_dir        the student (without heads) is written to WORKDIR/<export_dir> in HF format
 """
 from __future__ import annotations
 
 import ml_collections
+
+from kdjax.errors import ConfigError
 
 from kdjax.distill.losses import LossConfig
 from kdjax.distill.student import STUDENT_DEFAULTS
@@ -59,34 +62,31 @@ def distill_config() -> ml_collections.ConfigDict:
         dataset="librispeech", train_split="train_clean_100+train_clean_360+train_other_500",
         eval_split="dev_clean", data_dir=ml_collections.FieldReference(None, field_type=str),
         max_seconds=15.6, eval_utterances=256, export_dir="student_hf",
+        # "crop": every clip cropped (or padded) to max_seconds; "sorted_buckets": s3prl's length-sorted batches,
+        # each padded to its longest clip (rounded up to pad_to samples, which bounds the shapes jit compiles)
+        batching="crop", pad_to=0,
     ))
     return config
 
 
-def paper_config(arg: str | None, teacher: str) -> ml_collections.ConfigDict:
-    """DistilHuBERT's setting (s3prl config_model.yaml / config_runner.yaml, targets 4, 8, 12) for a base teacher.
-
-    Variant args: student=<N>L, steps=N, bf16, hint, runlocal (see configs/distill_hubert_base.py).
-    """
+def variants(config: ml_collections.ConfigDict, arg: str | None, teacher_layers: int) -> ml_collections.ConfigDict:
+    """Apply the distillation configs' variant args: student=<N>L, steps=N, bf16 (bfloat16 teacher), hint
+    (FitHuBERT-style layer-to-layer hints, student layer i -> teacher layer teacher_layers * i / N), random (random
+    student init), runlocal (a few steps on the synthetic tiny corpus; still needs a teacher)."""
     args = parse_args(arg)
-    config = distill_config()
-    config.distill.teacher = teacher
-    config.seed = 0
-    config.total_steps = int(args.get("steps", 200_000))
-    config.batch_size = 24
-    config.log_every = 50
-    config.eval_every = 10_000
-    config.checkpoint.save_every = 10_000
-    config.checkpoint.keep = 3
+    unknown = sorted(set(args) - {"student", "steps", "bf16", "hint", "random", "runlocal"})
+    if unknown:
+        raise ConfigError(f"unknown variant arg(s) {unknown}; expected student, steps, bf16, hint, random, runlocal "
+                          "(paths are overrides: --config.distill.teacher=DIR)")
+    d = config.distill
+    if "steps" in args:
+        config.total_steps = int(args["steps"])
     if "student" in args:
-        config.distill.student.num_hidden_layers = student_layers_arg(args["student"])
+        d.student.num_hidden_layers = student_layers_arg(args["student"])
     if "bf16" in args:
-        config.distill.teacher_dtype = "bfloat16"
-    if "hint" in args:
-        n = config.distill.student.num_hidden_layers
-        config.distill.loss.mode = "hint"
-        config.distill.loss.student_layers = list(range(1, n + 1))
-        config.distill.loss.target_layers = [12 * i // n for i in range(1, n + 1)]
+        d.teacher_dtype = "bfloat16"
+    if "random" in args:
+        d.student.init = "random"
     if "runlocal" in args:
         config.total_steps = int(args.get("steps", 4))
         config.batch_size = 8
@@ -94,6 +94,11 @@ def paper_config(arg: str | None, teacher: str) -> ml_collections.ConfigDict:
         config.eval_every = 0
         config.checkpoint.save_every = 1000
         config.progress = False
-        config.distill.update(dataset="synthetic_speech/unlabeled_tiny", train_split="train",
-                              eval_split="validation", max_seconds=1.0, eval_utterances=8)
+        d.update(dataset="synthetic_speech/unlabeled_tiny", train_split="train", eval_split="validation",
+                 max_seconds=1.0, eval_utterances=8, batching="crop")
+    if "hint" in args:
+        n = d.student.num_hidden_layers
+        d.loss.mode = "hint"
+        d.loss.student_layers = tuple(range(1, n + 1))
+        d.loss.target_layers = tuple(teacher_layers * i // n for i in range(1, n + 1))
     return config

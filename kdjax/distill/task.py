@@ -48,6 +48,8 @@ class Distillation(Task):
     def __init__(self, config: Any):
         super().__init__(config)
         self.cfg = cfg = config.distill
+        if cfg.batching not in ("crop", "sorted_buckets"):
+            raise ConfigError(f"config.distill.batching={cfg.batching!r}: expected 'crop' or 'sorted_buckets'")
         if cfg.teacher_dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"config.distill.teacher_dtype={cfg.teacher_dtype!r}: expected 'float32' or 'bfloat16'")
         self.settings = student_lib.student_settings(dict(cfg.student))
@@ -128,12 +130,20 @@ class Distillation(Task):
         return {"validation": out}
 
     def train_data(self) -> Iterator[dict]:
-        """Random crops of at most `max_seconds` from the training split."""
-        from kdjax.data import pipeline
+        """Random crops of at most `max_seconds` from the training split: every clip cropped or padded to it
+        (batching "crop"), or s3prl's length-sorted batches padded to their longest clip ("sorted_buckets")."""
+        from kdjax.data import pipeline, sampling
 
-        source = pipeline.load_source(self.cfg.dataset, self.cfg.train_split, self.cfg.data_dir)
-        return pipeline.train_iterator(source, batch_size=self.config.batch_size // jax.process_count(),
-                                       max_samples=self.max_samples, seed=int(self.config.seed))
+        cfg, per_process = self.cfg, self.config.batch_size // jax.process_count()
+        source = pipeline.load_source(cfg.dataset, cfg.train_split, cfg.data_dir)
+        if cfg.batching == "sorted_buckets":
+            lengths = sampling.example_lengths(source, cache=pipeline.lengths_cache(cfg.dataset, cfg.train_split,
+                                                                                   cfg.data_dir))
+            return sampling.sorted_bucket_iterator(source, batch_size=per_process, max_samples=self.max_samples,
+                                                   seed=int(self.config.seed), lengths=lengths,
+                                                   pad_to=int(cfg.pad_to) or None)
+        return pipeline.train_iterator(source, batch_size=per_process, max_samples=self.max_samples,
+                                       seed=int(self.config.seed))
 
     def eval_data(self) -> dict[str, Iterable[dict]] | None:
         """This process's share of the first `eval_utterances` clips of the eval split (fixed-shape batches)."""

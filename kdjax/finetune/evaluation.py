@@ -1,18 +1,65 @@
-"""Test-time evaluation of a fine-tuned model: KWS accuracy and confusion matrix, SV trial scores (EER, minDCF).
+"""Evaluation of fine-tuned models: the data each protocol scores and the metrics made from it.
 
-Runs once at the end of a fine-tuning run on the exported (best) state, on one device of each host, over whole test
-splits; validation during training is the task's eval_step (jitted and reduced by the loop).
+KWS: accuracy and confusion matrix over the test split (padded batches of eval_batch_size; with the SUPERB options,
+the -3 dB gain and no waveform normalisation). SV: embeddings of the utterances a trial list names, cosine scores,
+EER and minDCF. `sv_eval` chooses the batches: "padded" (kdjax's default: batches of eval_batch_size padded to their
+longest utterance, centre-cropped at sv_eval_max_seconds) or "equal_length" (SUPERB: no row is padded, so a
+GroupNorm feature encoder sees each utterance alone, as s3prl's one-at-a-time evaluation does).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
 
-from kdjax.data import pipeline
+from kdjax.data import pipeline, sampling, trials
 from kdjax.data.audio import SAMPLE_RATE
 from kdjax.eval import metrics as eval_metrics
+
+
+def preprocessing(cfg: Any) -> dict[str, Any]:
+    """The waveform options of every batch a run makes: normalisation and gain."""
+    return {"normalize": bool(cfg.normalize), "gain_db": float(cfg.gain_db)}
+
+
+def trial_list(cfg: Any, purpose: str) -> tuple[str, str]:
+    """(trial list name, split it indexes) for "test" (cfg.sv_trials, "" = the dataset's first) or "validation"
+    (cfg.sv_dev_trials)."""
+    lists = dict(pipeline.metadata(cfg.sv_dataset, cfg.data_dir).get("trials", {}))
+    name = (cfg.sv_trials or next(iter(lists), "")) if purpose == "test" else cfg.sv_dev_trials
+    if name not in lists:
+        from kdjax.errors import ConfigError
+
+        field = "sv_trials" if purpose == "test" else "sv_dev_trials"
+        raise ConfigError(f"config.finetune.{field}={name!r}: {cfg.sv_dataset} has the trial lists {sorted(lists)}")
+    return name, lists[name]
+
+
+def sv_batches(cfg: Any, split: str, *, in_loop: bool) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of every utterance of `split` for embedding (see the module docstring for sv_eval)."""
+    source = pipeline.load_source(cfg.sv_dataset, split, cfg.data_dir)
+    pre = preprocessing(cfg)
+    max_samples = int(cfg.sv_eval_max_seconds * SAMPLE_RATE) or None
+    if cfg.sv_eval == "equal_length":  # the same batches on every process (rows/ outputs are keyed by index)
+        return sampling.equal_length_batches(source, batch_size=int(cfg.sv_eval_batch_size),
+                                             round_to=int(cfg.sv_eval_round_to), **pre)
+    if in_loop:
+        return pipeline.process_eval_batches(source, global_batch_size=int(cfg.eval_batch_size),
+                                             max_samples=max_samples or 30 * SAMPLE_RATE, **pre)
+    return pipeline.eval_batches(source, batch_size=int(cfg.eval_batch_size), max_samples=max_samples,
+                                 pad_to=SAMPLE_RATE, **pre)
+
+
+def sv_scores(cfg: Any, split: str, list_name: str, index: np.ndarray, embeddings: np.ndarray,
+              valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine scores, target labels) of a trial list from per-row embeddings (rows keyed by example index)."""
+    ids = pipeline.utterance_ids(pipeline.load_source(cfg.sv_dataset, split, cfg.data_dir))
+    table = np.zeros((len(ids), embeddings.shape[1]), np.float32)
+    table[index[valid]] = embeddings[valid]
+    parsed = pipeline.load_trials(cfg.sv_dataset, cfg.data_dir, trial_list=list_name)
+    rows = trials.to_indices(parsed, {utt: i for i, utt in enumerate(ids)}, list_name)
+    return eval_metrics.cosine_scores(table, rows)
 
 
 def kws_test(logits_fn: Callable, cfg: Any, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -20,7 +67,7 @@ def kws_test(logits_fn: Callable, cfg: Any, max_samples: int) -> tuple[np.ndarra
     source = pipeline.load_source(cfg.kws_dataset, "test", cfg.data_dir)
     logits, labels = [], []
     for batch in pipeline.eval_batches(source, batch_size=int(cfg.eval_batch_size), max_samples=max_samples,
-                                       pad_to=max_samples):
+                                       pad_to=max_samples, **preprocessing(cfg)):
         out = np.asarray(logits_fn(batch))
         logits.append(out[batch["valid"]])
         labels.append(batch["label"][batch["valid"]])
@@ -28,21 +75,11 @@ def kws_test(logits_fn: Callable, cfg: Any, max_samples: int) -> tuple[np.ndarra
 
 
 def sv_test(embed_fn: Callable, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine scores, target labels) of the SV trial list; embed_fn(batch) -> embeddings of a padded batch."""
-    source = pipeline.load_source(cfg.sv_dataset, "test", cfg.data_dir)
-    ids = pipeline.utterance_ids(source)
-    rows = []
-    for batch in pipeline.eval_batches(source, batch_size=int(cfg.eval_batch_size),
-                                       max_samples=int(cfg.sv_eval_max_seconds * SAMPLE_RATE), pad_to=SAMPLE_RATE):
-        emb = np.asarray(embed_fn(batch))
-        rows.append((batch["index"][batch["valid"]], emb[batch["valid"]]))
-    embeddings = np.zeros((len(source), rows[0][1].shape[1]), np.float32)
-    for index, emb in rows:
-        embeddings[index] = emb
-    trials = pipeline.load_trials(cfg.sv_dataset, cfg.data_dir)
-    position = {utt: i for i, utt in enumerate(ids)}
-    table = np.asarray([(t, position[a], position[b]) for t, a, b in trials], np.int64)
-    return eval_metrics.cosine_scores(embeddings, table)
+    """(cosine scores, target labels) of the test trial list; embed_fn(batch) -> embeddings."""
+    name, split = trial_list(cfg, "test")
+    rows = [(b["index"], np.asarray(embed_fn(b)), b["valid"]) for b in sv_batches(cfg, split, in_loop=False)]
+    index, emb, valid = (np.concatenate(x) for x in zip(*rows))
+    return sv_scores(cfg, split, name, index, emb, valid)
 
 
 def test_metrics(streams: tuple[str, ...], logits_fn: Callable, embed_fn: Callable, cfg: Any, kws_samples: int,

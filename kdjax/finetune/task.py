@@ -35,9 +35,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from kdjax.data import pipeline
+from kdjax.data import pipeline, sampling
 from kdjax.data.audio import SAMPLE_RATE
 from kdjax.errors import ConfigError
+from kdjax.eval import metrics as eval_metrics
 from kdjax.eval.report import model_info
 from kdjax.finetune import evaluation, one_stage
 from kdjax.finetune.model import FineTuneModel
@@ -48,6 +49,7 @@ from kdjax.train.state import TrainState, param_count
 from kdjax.train.task import Task
 
 MODES = {"kws": ("kws",), "sv": ("sv",), "multitask": ("kws", "sv")}
+SV_SELECT = ("final", "validation", "best_test")
 
 
 def resolve_encoder_dir(path: str, where: str = "config.finetune.encoder") -> str:
@@ -75,6 +77,10 @@ def _check(cfg: Any) -> None:
         raise ConfigError("config.finetune.frozen=True with init='random' would train heads on random features")
     if one_stage.enabled(cfg) and cfg.frozen:
         raise ConfigError("config.finetune.one_stage distils into the encoder, so it needs frozen=False")
+    for field, allowed in (("kws_sampling", ("uniform", "balanced")), ("kws_dev", ("plain", "balanced_resample")),
+                           ("sv_eval", ("padded", "equal_length")), ("sv_select", SV_SELECT)):
+        if cfg[field] not in allowed:
+            raise ConfigError(f"config.finetune.{field}={cfg[field]!r}: expected one of {list(allowed)}")
 
 
 def _check_labels(cfg: Any, names: list[str]) -> None:
@@ -106,12 +112,20 @@ class FineTune(Task):
         if self.one_stage is not None:
             self.one_stage.check(self.encoder_config)
         self.samples = {"kws": int(cfg.kws_seconds * SAMPLE_RATE), "sv": int(cfg.sv_seconds * SAMPLE_RATE)}
+        self._dev_indices = None
         self.label_names = pipeline.label_names(cfg.kws_dataset, cfg.data_dir) if "kws" in self.streams else None
         if self.label_names is not None:
             _check_labels(cfg, self.label_names)
         self.num_speakers = (int(pipeline.metadata(cfg.sv_dataset, cfg.data_dir)["num_train_speakers"])
                              if "sv" in self.streams else None)
-        self.best_metric = "kws/validation/accuracy" if "kws" in self.streams else None
+        self.sv_select = cfg.sv_select if "sv" in self.streams else "final"
+        self._sv_eval = (evaluation.trial_list(cfg, "test" if self.sv_select == "best_test" else "validation")
+                         if self.sv_select != "final" else None)  # (trial list, split) scored during training
+        if "kws" in self.streams:
+            self.best_metric, self.best_mode = "kws/validation/accuracy", "max"
+        elif self._sv_eval is not None:
+            self.best_metric = "sv/" + ("test" if self.sv_select == "best_test" else "validation") + "/eer"
+            self.best_mode = "min"
         abstract = nnx.eval_shape(lambda: self._model(nnx.Rngs(0)))
         abstract.train()
         self.train_graphdef = nnx.graphdef(abstract)
@@ -218,34 +232,64 @@ class FineTune(Task):
         return model.sv.embed(hidden, out.frame_mask)
 
     def eval_step(self, state: TrainState, batch: dict, teacher: Any, stream: str) -> dict[str, jax.Array]:
-        """Correct and valid counts of a KWS validation batch."""
+        """KWS: correct and valid counts of a validation batch; SV: the batch's embeddings (rows, by index)."""
+        if stream == "sv":
+            emb = self.sv_embeddings(state.params, state.extra["stats"], batch)
+            return {"rows/embedding": emb, "rows/index": batch["index"], "rows/valid": batch["valid"]}
         logits = self.kws_logits(state.params, state.extra["stats"], batch)
         hits = (jnp.argmax(logits, -1) == batch["label"]) & batch["valid"]
         return {"correct": jnp.sum(hits), "count": jnp.sum(batch["valid"])}
 
     def eval_metrics(self, sums: dict) -> dict[str, Any]:
-        """KWS validation accuracy (SV has no validation trials here; it is scored on test at export)."""
-        s = sums["kws"]
-        return {"kws": {"validation": {"accuracy": float(s["correct"]) / max(float(s["count"]), 1.0)}}}
+        """KWS validation accuracy; SV EER and minDCF on the trial list sv_select names."""
+        out: dict[str, Any] = {}
+        if "kws" in sums:
+            s = sums["kws"]
+            out["kws"] = {"validation": {"accuracy": float(s["correct"]) / max(float(s["count"]), 1.0)}}
+        if "sv" in sums:
+            s, (name, split) = sums["sv"], self._sv_eval
+            scores, labels = evaluation.sv_scores(self.cfg, split, name, s["rows/index"], s["rows/embedding"],
+                                                  s["rows/valid"].astype(bool))
+            purpose = "test" if self.sv_select == "best_test" else "validation"
+            out["sv"] = {purpose: eval_metrics.sv_metrics(scores, labels)}
+        return out
 
     def train_data(self) -> dict[str, Iterator[dict]]:
         """One seeded grain iterator per stream: {"kws": ..., "sv": ...}."""
-        per_process = self.config.batch_size // jax.process_count()
+        cfg, per_process = self.cfg, self.config.batch_size // jax.process_count()
+        pre = evaluation.preprocessing(cfg)
         its = {}
         for i, name in enumerate(self.streams):
-            dataset = self.cfg.kws_dataset if name == "kws" else self.cfg.sv_dataset
-            source = pipeline.load_source(dataset, "train", self.cfg.data_dir)
+            seed = int(self.config.seed) + 1000 * i
+            source = pipeline.load_source(cfg.kws_dataset if name == "kws" else cfg.sv_dataset, "train", cfg.data_dir)
+            if name == "kws" and cfg.kws_sampling == "balanced":  # s3prl's WeightedRandomSampler (N / count)
+                its[name] = sampling.balanced_iterator(source, batch_size=per_process, max_samples=self.samples[name],
+                                                       seed=seed, labels=sampling.example_values(source, "label"),
+                                                       **pre)
+                continue
+            min_samples = int(cfg.sv_min_seconds * SAMPLE_RATE) + 1 if name == "sv" and cfg.sv_min_seconds else 0
             its[name] = pipeline.train_iterator(source, batch_size=per_process, max_samples=self.samples[name],
-                                                seed=int(self.config.seed) + 1000 * i)
+                                                seed=seed, min_samples=min_samples, **pre)
         return its
 
     def eval_data(self) -> dict[str, Iterable[dict]] | None:
-        """KWS validation clips in fixed-shape batches (None for SV-only runs)."""
-        if "kws" not in self.streams:
-            return None
-        source = pipeline.load_source(self.cfg.kws_dataset, "validation", self.cfg.data_dir)
-        return {"kws": pipeline.process_eval_batches(source, global_batch_size=self.config.batch_size,
-                                                     max_samples=self.samples["kws"])}
+        """KWS validation clips in fixed-shape batches (class-balanced resample with kws_dev); SV: the utterances of
+        the trial list sv_select scores during training; None when there is nothing to select on."""
+        cfg, out = self.cfg, {}
+        if "kws" in self.streams:
+            source = pipeline.load_source(cfg.kws_dataset, "validation", cfg.data_dir)
+            indices, crop_seed = None, None
+            if cfg.kws_dev == "balanced_resample":  # s3prl's class-balanced dev loader, one fixed draw
+                if self._dev_indices is None:
+                    self._dev_indices = sampling.balanced_resample(sampling.example_values(source, "label"),
+                                                                   seed=int(cfg.kws_dev_seed))
+                indices, crop_seed = self._dev_indices, int(cfg.kws_dev_seed)
+            out["kws"] = pipeline.process_eval_batches(source, global_batch_size=self.config.batch_size,
+                                                       max_samples=self.samples["kws"], indices=indices,
+                                                       crop_seed=crop_seed, **evaluation.preprocessing(cfg))
+        if self._sv_eval is not None:
+            out["sv"] = evaluation.sv_batches(cfg, self._sv_eval[1], in_loop=True)
+        return out or None
 
     def audio_seconds(self, host_batch: dict) -> float:
         """Seconds of real audio in this process's batch (all streams)."""
