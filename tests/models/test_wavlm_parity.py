@@ -2,9 +2,11 @@
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from safetensors.numpy import load_file
 
 import kdjax
@@ -109,3 +111,27 @@ def test_task_model_checkpoints_load_the_encoder_and_say_what_was_ignored(tmp_pa
     assert len(warnings) == 1 and heads and all(k in warnings[0] for k in heads[:hf._MAX_LISTED_KEYS]), warnings
     if head == "WavLMForSequenceClassification":
         assert "use_weighted_layer_sum=True" in warnings[0] and "layer_weights" in warnings[0]
+
+
+def test_training_mode_runs_and_never_drops_the_first_layer():
+    # Training (fine-tuning, distillation) runs dropout and LayerDrop; HF's WavLM never drops layer 0, where it
+    # computes the position bias, so with layerdrop=1 only layer 0 changes the hidden states.
+    config = EncoderConfig.from_hf({**hf_utils.TINY, "model_type": "wavlm", "layerdrop": 1.0, "mask_time_prob": 0.0})
+    graphdef, state = nnx.split(init_encoder(config, seed=1))
+    x, mask = hf_utils.batch()
+
+    @jax.jit
+    def run(state):
+        def loss(state):
+            out = nnx.merge(graphdef, state)(x, mask, output_hidden_states=True, deterministic=False,
+                                             rng=jax.random.PRNGKey(0))
+            return jnp.mean(out.last_hidden_state ** 2), out.hidden_states
+
+        return jax.grad(loss, has_aux=True)(state)
+
+    grads, hidden = run(state)
+    h = [np.asarray(a) for a in hidden]
+    assert np.abs(h[1] - h[0]).max() > 1e-3 and all(np.array_equal(h[i], h[i + 1]) for i in range(1, len(h) - 1))
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+    assert np.abs(np.asarray(grads["layers"][0]["attention"]["gate"]["linear"]["kernel"][...])).max() > 0
+    assert np.abs(np.asarray(grads["rel_pos_bias"]["embedding"][...])).max() > 0
