@@ -100,9 +100,9 @@ def check_teacher_init(student: EncoderConfig, teacher: EncoderConfig, where: st
                           f"{teacher.num_hidden_layers}: init='teacher' copies the first layers; use init='random'")
     if student.relative_position_bias != teacher.relative_position_bias:
         raise ConfigError(f"{where}.model_type={student.model_type!r} with a {teacher.model_type!r} teacher: "
-                          "init='teacher' copies whole layers, and only WavLM layers have the gated relative position "
-                          f"bias; set {where}.model_type={teacher.model_type!r} (WavLM: also feat_proj_layer_norm=True) "
-                          f"or {where}.init='random'")
+                          "init='teacher' copies whole layers, and only WavLM layers have the gated relative "
+                          f"position bias; set {where}.model_type={teacher.model_type!r} (WavLM: also "
+                          f"feat_proj_layer_norm=True) or {where}.init='random'")
     for name in _COPY_FIELDS:
         if name in ("num_buckets", "max_bucket_distance") and not teacher.relative_position_bias:
             continue

@@ -5,10 +5,13 @@ import dataclasses
 from typing import Any, Mapping
 
 from kdjax.errors import ConfigError
-from kdjax.models.activations import ACTIVATIONS as _ACTIVATION_FUNCTIONS
 
 MODEL_TYPES = ("hubert", "wav2vec2", "wavlm")
-ACTIVATIONS = tuple(_ACTIVATION_FUNCTIONS)
+# transformers' parameter-free ACT2FN names, implemented in kdjax.models.activations (listed here so that reading a
+# config does not import jax)
+ACTIVATIONS = ("gelu", "gelu_python", "gelu_10", "gelu_new", "gelu_fast", "gelu_accurate", "gelu_pytorch_tanh",
+               "gelu_python_tanh", "quick_gelu", "laplace", "hardswish", "leaky_relu", "linear", "mish", "relu",
+               "relu2", "relu6", "sigmoid", "silu", "swish", "sqrtsoftplus", "tanh")
 _HF_ARCHITECTURES = {"hubert": "HubertModel", "wav2vec2": "Wav2Vec2Model", "wavlm": "WavLMModel"}
 
 # HF config flags that transformers' base model reads for an architecture piece kdjax does not implement, per model
@@ -142,7 +145,8 @@ class EncoderConfig:
 
     # ---- Hugging Face interop ---------------------------------------------------------------------------------
     @classmethod
-    def from_hf(cls, hf_config: Mapping[str, Any] | Any, *, source: str = "config", **overrides: Any) -> "EncoderConfig":
+    def from_hf(cls, hf_config: Mapping[str, Any] | Any, *, source: str = "config",
+                **overrides: Any) -> "EncoderConfig":
         """Build from an HF config dict or PretrainedConfig; `source` names the file in errors.
 
         Fields the config leaves out get transformers' defaults for its model type; `ignored_hf_settings` lists what

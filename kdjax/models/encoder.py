@@ -220,7 +220,7 @@ def time_mask(config: EncoderConfig, key: jax.Array, frame_mask: jax.Array) -> j
 
 
 class Encoder(nnx.Module):
-    """wav2vec 2.0 / HuBERT / WavLM encoder: conv features -> projection -> (masking) -> positional conv -> transformer."""
+    """wav2vec 2.0 / HuBERT / WavLM: conv features -> projection -> (masking) -> positional conv -> transformer."""
 
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
         self.config = config

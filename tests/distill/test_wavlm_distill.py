@@ -33,7 +33,8 @@ def teacher(tmp_path_factory):
 
 def test_recipe_shows_distilhubert_with_a_wavlm_student():
     config = _config(None, "unused", None)
-    assert (config.total_steps, config.batch_size, config.optim.lr, config.optim.warmup_frac) == (200_000, 24, 2e-4, 0.07)
+    recipe = (config.total_steps, config.batch_size, config.optim.lr, config.optim.warmup_frac)
+    assert recipe == (200_000, 24, 2e-4, 0.07)
     assert config.distill.student.model_type == "wavlm" and config.distill.student.num_hidden_layers == 2
     assert tuple(config.distill.loss.target_layers) == (4, 8, 12)
 

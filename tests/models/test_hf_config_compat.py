@@ -9,7 +9,8 @@ import torch
 
 import kdjax
 from kdjax.errors import CheckpointError, ConfigError
-from kdjax.models import activations, hf
+from kdjax.models import activations
+from kdjax.models import config as config_module
 from kdjax.models.config import _KDJAX_ONLY, EncoderConfig, ignored_hf_settings
 from tests import hf_utils
 
@@ -40,6 +41,7 @@ def test_activations_compute_what_transformers_computes():
     from transformers.activations import ACT2CLS, ACT2FN
 
     assert set(ACT2CLS) - set(activations.ACTIVATIONS) == {"prelu", "xielu"}  # the two with learned parameters
+    assert set(activations.ACTIVATIONS) == set(config_module.ACTIVATIONS)  # the names configs accept
     x = np.linspace(-12, 12, 2001, dtype=np.float32)
     for name, fn in activations.ACTIVATIONS.items():
         expected = ACT2FN[name](torch.from_numpy(x)).numpy()

@@ -19,8 +19,8 @@ from tests.models import wavlm_utils
 
 jax.config.update("jax_default_matmul_precision", "highest")
 _TRAINING_ONLY = {"hidden_dropout", "activation_dropout", "attention_dropout", "feat_proj_dropout", "layerdrop",
-                  "apply_spec_augment", "mask_time_prob", "mask_time_length", "mask_time_min_masks", "mask_feature_prob",
-                  "mask_feature_length", "mask_feature_min_masks"}
+                  "apply_spec_augment", "mask_time_prob", "mask_time_length", "mask_time_min_masks",
+                  "mask_feature_prob", "mask_feature_length", "mask_feature_min_masks"}
 
 
 def test_wavlm_base_and_base_plus_share_one_architecture():

@@ -1,4 +1,4 @@
-"""WavLM checkpoints for tests built with transformers (PyTorch), every parameter random so mapping errors cannot hide."""
+"""WavLM checkpoints for tests, built with transformers (PyTorch); every parameter random so mapping errors show."""
 from __future__ import annotations
 
 from pathlib import Path
