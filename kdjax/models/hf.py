@@ -172,14 +172,16 @@ def _read_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
     return hf_config
 
 
-def read_config(folder: str | os.PathLike, **overrides: Any) -> EncoderConfig:
-    """The EncoderConfig of an HF checkpoint folder (its config.json), with kdjax fields overridden."""
-    hf_config = _read_hf_config(folder)
-    config_file = Path(folder) / "config.json"
+def _encoder_config(hf_config: dict[str, Any], folder: str | os.PathLike, overrides: dict[str, Any]) -> EncoderConfig:
     try:
-        return EncoderConfig.from_hf(hf_config, source=str(config_file), **overrides)
+        return EncoderConfig.from_hf(hf_config, source=str(Path(folder) / "config.json"), **overrides)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+
+
+def read_config(folder: str | os.PathLike, **overrides: Any) -> EncoderConfig:
+    """The EncoderConfig of an HF checkpoint folder (its config.json), with kdjax fields overridden."""
+    return _encoder_config(_read_hf_config(folder), folder, overrides)
 
 
 def load_weights(model: Encoder, tensors: dict[str, np.ndarray], *, source: str = "checkpoint") -> list[str]:
@@ -247,10 +249,10 @@ def from_pretrained(path_or_repo_id: str | os.PathLike, **config_overrides: Any)
     `use_weighted_layer_sum`) is ignored, and said once at WARNING level.
     """
     folder = _resolve(path_or_repo_id)
-    config = read_config(folder, **config_overrides)
-    model = Encoder(config, rngs=nnx.Rngs(0))
+    hf_config = _read_hf_config(folder)
+    model = Encoder(_encoder_config(hf_config, folder, config_overrides), rngs=nnx.Rngs(0))
     ignored = load_weights(model, _read_tensors(folder), source=str(folder))
-    _warn_ignored(folder, ignored_hf_settings(_read_hf_config(folder)), ignored)
+    _warn_ignored(folder, ignored_hf_settings(hf_config), ignored)
     return model
 
 
