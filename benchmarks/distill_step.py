@@ -3,6 +3,7 @@ to layer 12, 2-layer 768-d student forward/backward, prediction heads for layers
 
 Run: .venv/bin/python benchmarks/distill_step.py [--batch 4] [--seconds 2] [--repeats 5]
                                                   [--teacher_dtype bfloat16] [--feature_grad_mult 0.1] [--remat]
+                                                  [--teacher wavlm]   # WavLM-base+ teacher, 2-layer WavLM student
      XLA_FLAGS=--xla_cpu_use_thunk_runtime=false .venv/bin/python benchmarks/distill_step.py   # XLA flag trials
 Prints the median of `repeats` timed steps after warm-up for each side, audio-seconds per second, the ratio, and the
 model FLOPs utilisation against this CPU's matmul peak (measured here with a large float32 jnp matmul). Model FLOPs
@@ -36,8 +37,11 @@ def kdjax_step(args, x: np.ndarray, mask: np.ndarray):
     from kdjax.distill.student import student_config
     from kdjax.models.config import preset
 
-    t_cfg = preset("facebook/hubert-base-ls960", dtype=args.teacher_dtype, mask_time_prob=0.0)
-    s_cfg = student_config(t_cfg, {"remat": args.remat, "init": "random"})
+    wavlm = args.teacher == "wavlm"
+    t_cfg = preset("microsoft/wavlm-base-plus" if wavlm else "facebook/hubert-base-ls960", dtype=args.teacher_dtype,
+                   mask_time_prob=0.0)
+    student = {"model_type": "wavlm", "feat_proj_layer_norm": True} if wavlm else {}
+    s_cfg = student_config(t_cfg, {"remat": args.remat, "init": "random", **student})
     state, teacher, train_step = distill_setup(t_cfg, s_cfg, LossConfig(), args.feature_grad_mult)
     step = jax.jit(train_step)
     batch = {"input_values": jax.numpy.asarray(x), "attention_mask": jax.numpy.asarray(mask)}
@@ -56,15 +60,20 @@ def kdjax_step(args, x: np.ndarray, mask: np.ndarray):
 
 
 def torch_step(args, x: np.ndarray, mask: np.ndarray):
-    """The same step in PyTorch: transformers HubertModel teacher/student, s3prl-style heads, AdamW."""
+    """The same step in PyTorch: transformers HubertModel (or WavLMModel) teacher/student, s3prl-style heads, AdamW."""
     import torch
     import transformers
 
-    base = transformers.HubertConfig()  # hubert-base-ls960 shapes
-    teacher = transformers.HubertModel(base).eval()
-    s_conf = transformers.HubertConfig(num_hidden_layers=2, feat_proj_layer_norm=False, feat_proj_dropout=0.0,
-                                       layerdrop=0.0, mask_time_prob=0.0)
-    student = transformers.HubertModel(s_conf).train()
+    if args.teacher == "wavlm":  # WavLMConfig() has wavlm-base(-plus) shapes
+        teacher = transformers.WavLMModel(transformers.WavLMConfig()).eval()
+        student = transformers.WavLMModel(transformers.WavLMConfig(
+            num_hidden_layers=2, feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)).train()
+    else:
+        base = transformers.HubertConfig()  # hubert-base-ls960 shapes
+        teacher = transformers.HubertModel(base).eval()
+        s_conf = transformers.HubertConfig(num_hidden_layers=2, feat_proj_layer_norm=False, feat_proj_dropout=0.0,
+                                           layerdrop=0.0, mask_time_prob=0.0)
+        student = transformers.HubertModel(s_conf).train()
     n, d = 3, 768
     expand = torch.nn.Linear(d, d * n)
     split_w = torch.nn.Parameter(torch.empty(n, d, d).uniform_(-d ** -0.5, d ** -0.5))
@@ -103,6 +112,8 @@ def main() -> None:
     parser.add_argument("--feature_grad_mult", type=float, default=0.1)
     parser.add_argument("--remat", action="store_true")
     parser.add_argument("--skip_torch", action="store_true")
+    parser.add_argument("--teacher", default="hubert", choices=["hubert", "wavlm"],
+                        help="hubert: HuBERT-base teacher, HuBERT student; wavlm: WavLM-base+ teacher, WavLM student")
     args = parser.parse_args()
 
     import jax
@@ -118,7 +129,7 @@ def main() -> None:
     t_jax = median_time(run_jax, args.repeats)
     print(f"device: {jax.devices()[0].device_kind}, matmul peak {peak / 1e9:.0f} GFLOP/s (f32, jnp 2048^2)")
     print(f"kdjax   step: {t_jax:.3f} s  {audio / t_jax:6.2f} audio-s/s  "
-          f"{flops / 1e9:.0f} GFLOP  MFU {flops / t_jax / peak:.1%}  (teacher {args.teacher_dtype}, "
+          f"{flops / 1e9:.0f} GFLOP  MFU {flops / t_jax / peak:.1%}  ({args.teacher} teacher {args.teacher_dtype}, "
           f"feature_grad_mult {args.feature_grad_mult}, remat {args.remat})")
     if args.skip_torch:
         return

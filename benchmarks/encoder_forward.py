@@ -1,7 +1,9 @@
-"""kdjax vs transformers (PyTorch) encoder forward: HuBERT-base shapes, random weights, batch 4 x 2 s, float32.
+"""kdjax vs transformers (PyTorch) encoder forward: HuBERT-base and WavLM-base+ shapes, random weights, batch 4 x 2 s.
 
 Run: .venv/bin/python benchmarks/encoder_forward.py [--batch 4] [--seconds 2] [--repeats 5] [--dtype float32]
-Both models hold the same weights; both run in this process; the median of `repeats` timed runs after warm-up is shown.
+                                                    [--preset facebook/hubert-base-ls960 microsoft/wavlm-base-plus]
+Both models hold the same weights; both run in this process; the median of `repeats` timed runs after warm-up is shown,
+one row pair per preset.
 """
 from __future__ import annotations
 
@@ -19,9 +21,26 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--preset", default="facebook/hubert-base-ls960")
+    parser.add_argument("--preset", nargs="+", default=["facebook/hubert-base-ls960", "microsoft/wavlm-base-plus"])
     args = parser.parse_args()
+    for name in args.preset:
+        run(args, name)
 
+
+def _reference(config):
+    """The transformers model of a kdjax config, random weights (HubertModel / Wav2Vec2Model / WavLMModel)."""
+    from tests import hf_utils
+    from tests.models import wavlm_utils
+
+    fields = config.to_hf()
+    if config.model_type == "wavlm":
+        return wavlm_utils.wavlm_model(wavlm_utils.wavlm_config(
+            **{k: v for k, v in fields.items() if k not in ("model_type", "architectures")}))
+    return hf_utils.hf_model(hf_utils.hf_config(**fields))
+
+
+def run(args, name: str) -> None:
+    """Time one preset on both sides and print its rows."""
     import jax
     import torch
     from flax import nnx
@@ -29,10 +48,9 @@ def main() -> None:
     from kdjax.models import hf
     from kdjax.models.config import preset
     from kdjax.models.encoder import Encoder
-    from tests import hf_utils
 
-    config = preset(args.preset, dtype=args.dtype)
-    reference = hf_utils.hf_model(hf_utils.hf_config(**config.to_hf()))
+    config = preset(name, dtype=args.dtype)
+    reference = _reference(config)
     model = Encoder(config, rngs=nnx.Rngs(0))
     hf.load_weights(model, {k: v.numpy() for k, v in reference.state_dict().items()})
     samples = int(16000 * args.seconds)
@@ -52,7 +70,7 @@ def main() -> None:
 
     t_torch = median_time(torch_forward, args.repeats)
     audio = args.batch * args.seconds
-    print(f"encoder forward, {args.preset}, batch {args.batch} x {args.seconds:g} s, {args.dtype}, "
+    print(f"encoder forward, {name}, batch {args.batch} x {args.seconds:g} s, {args.dtype}, "
           f"median of {args.repeats} ({os.cpu_count()} CPUs, jax {jax.__version__} on {jax.default_backend()}, "
           f"torch {torch.__version__})")
     print(f"  kdjax (XLA)        {t_jax:7.3f} s   {audio / t_jax:7.1f} audio-s/s")

@@ -1,4 +1,4 @@
-"""kdjax: distil self-supervised speech encoders (wav2vec 2.0, HuBERT) into small students, in JAX/Flax."""
+"""kdjax: distil self-supervised speech encoders (wav2vec 2.0, HuBERT, WavLM) into small students, in JAX/Flax."""
 
 __version__ = "0.1.0"
 

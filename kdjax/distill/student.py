@@ -8,6 +8,10 @@ time masking. It is an HF `HubertModel` whatever the teacher (a wav2vec2 feature
 Initialisation from the teacher copies what s3prl copies (`init_teacher_conv_layers` + `init_teacher_encoder_layers`):
 the conv feature encoder, the projection's Linear (and its LayerNorm only when both have one), the positional conv and
 the first N transformer layers. The LayerNorm after the positional conv is NOT copied (s3prl does not copy it either).
+
+A WavLM teacher initialises a WavLM student the same way, its relative position embedding and each copied layer's
+gate included; that student needs model_type="wavlm" and feat_proj_layer_norm=True (WavLM's projection always has
+a LayerNorm; configs/distill_wavlm_base_plus.py sets both).
 """
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ INITS = ("teacher", "random")
 # Fields that must equal the teacher's for init="teacher" (the copied tensors' shapes or meaning depend on them).
 _COPY_FIELDS = ("conv_dim", "conv_kernel", "conv_bias", "feat_extract_norm", "hidden_size", "num_attention_heads",
                 "intermediate_size", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups",
-                "do_stable_layer_norm", "hidden_act", "feat_extract_activation")
+                "do_stable_layer_norm", "hidden_act", "feat_extract_activation", "num_buckets",
+                "max_bucket_distance")
 
 
 def student_settings(settings: Mapping[str, Any] | None, where: str = "config.distill.student") -> dict[str, Any]:
@@ -93,7 +98,14 @@ def check_teacher_init(student: EncoderConfig, teacher: EncoderConfig, where: st
     if student.num_hidden_layers > teacher.num_hidden_layers:
         raise ConfigError(f"{where}.num_hidden_layers={student.num_hidden_layers} exceeds the teacher's "
                           f"{teacher.num_hidden_layers}: init='teacher' copies the first layers; use init='random'")
+    if student.relative_position_bias != teacher.relative_position_bias:
+        raise ConfigError(f"{where}.model_type={student.model_type!r} with a {teacher.model_type!r} teacher: "
+                          "init='teacher' copies whole layers, and only WavLM layers have the gated relative "
+                          f"position bias; set {where}.model_type={teacher.model_type!r} (WavLM: also "
+                          f"feat_proj_layer_norm=True) or {where}.init='random'")
     for name in _COPY_FIELDS:
+        if name in ("num_buckets", "max_bucket_distance") and not teacher.relative_position_bias:
+            continue
         mine, theirs = getattr(student, name), getattr(teacher, name)
         if mine != theirs:
             raise ConfigError(f"{where}.{name}={mine!r} differs from the teacher's {theirs!r}: init='teacher' copies "
@@ -117,6 +129,8 @@ def copy_from_teacher(student: Encoder, teacher: Encoder) -> list[str]:
     if student.feature_projection.norm is not None and teacher.feature_projection.norm is not None:
         copy("feature_projection.norm", student.feature_projection.norm, teacher.feature_projection.norm)
     copy("pos_conv", student.pos_conv, teacher.pos_conv)
+    if student.rel_pos_bias is not None and teacher.rel_pos_bias is not None:
+        copy("rel_pos_bias", student.rel_pos_bias, teacher.rel_pos_bias)
     for i in range(student.config.num_hidden_layers):
         copy(f"layers.{i}", student.layers[i], teacher.layers[i])
     return copied

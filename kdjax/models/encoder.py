@@ -1,8 +1,9 @@
-"""The wav2vec 2.0 / HuBERT encoder in Flax NNX: one module for both families, driven by EncoderConfig flags.
+"""The wav2vec 2.0 / HuBERT / WavLM encoder in Flax NNX: one module for all three, driven by EncoderConfig flags.
 
 Numerics follow Hugging Face transformers (v5) exactly, including what it does at padded positions: padded frames are
 zeroed before the positional convolution, attention masks padded keys only, and padded query frames are still computed
-(their values are meaningless; `EncoderOutput.frame_mask` tells which frames are valid).
+(their values are meaningless; `EncoderOutput.frame_mask` tells which frames are valid). WavLM adds a gated relative
+position bias to the attention scores (kdjax.models.relpos); its padding semantics are the same.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kdjax.errors import ConfigError
-from kdjax.models import posconv
+from kdjax.models import posconv, relpos
 from kdjax.models.activations import ACTIVATIONS as _ACT
 from kdjax.models.config import EncoderConfig
 
@@ -110,7 +111,7 @@ class FeatureProjection(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention; padded keys are masked out."""
+    """Multi-head self-attention; padded keys are masked out; WavLM adds the gated relative position bias."""
 
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(config.dtype)
@@ -120,8 +121,10 @@ class Attention(nnx.Module):
         self.query, self.key, self.value, self.out = dense(), dense(), dense(), dense()
         self.num_heads = config.num_attention_heads
         self.dropout_rate = config.attention_dropout
+        self.gate = relpos.PositionGate(config, rngs=rngs) if config.relative_position_bias else None
 
-    def __call__(self, x: jax.Array, key_bias: jax.Array | None, rng: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, key_bias: jax.Array | None, rng: jax.Array | None,
+                 position_bias: jax.Array | None = None) -> jax.Array:
         batch, length, hidden = x.shape
         head_dim = hidden // self.num_heads
 
@@ -131,6 +134,8 @@ class Attention(nnx.Module):
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * (head_dim ** -0.5)
         scores = scores.astype(jnp.float32)
+        if self.gate is not None:
+            scores = scores + self.gate(x)[..., None] * position_bias[None]  # [B, H, Q, 1] * [1, H, Q, K]
         if key_bias is not None:
             scores = scores + key_bias[:, None, None, :]
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
@@ -169,12 +174,15 @@ class TransformerLayer(nnx.Module):
         self.pre_norm = config.do_stable_layer_norm
         self.hidden_dropout = config.hidden_dropout
 
-    def __call__(self, x: jax.Array, key_bias: jax.Array | None, rng: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, key_bias: jax.Array | None, rng: jax.Array | None,
+                 position_bias: jax.Array | None = None) -> jax.Array:
         keys = tuple(jax.random.split(rng, 4)) if rng is not None else (None,) * 4
         if self.pre_norm:
-            x = x + _dropout(self.attention(self.attention_norm(x), key_bias, keys[0]), self.hidden_dropout, keys[1])
+            attended = self.attention(self.attention_norm(x), key_bias, keys[0], position_bias)
+            x = x + _dropout(attended, self.hidden_dropout, keys[1])
             return x + self.feed_forward(self.output_norm(x), keys[2:])
-        x = self.attention_norm(x + _dropout(self.attention(x, key_bias, keys[0]), self.hidden_dropout, keys[1]))
+        attended = self.attention(x, key_bias, keys[0], position_bias)
+        x = self.attention_norm(x + _dropout(attended, self.hidden_dropout, keys[1]))
         return self.output_norm(x + self.feed_forward(x, keys[2:]))
 
 
@@ -212,7 +220,7 @@ def time_mask(config: EncoderConfig, key: jax.Array, frame_mask: jax.Array) -> j
 
 
 class Encoder(nnx.Module):
-    """wav2vec 2.0 / HuBERT encoder: conv features -> projection -> (masking) -> positional conv -> transformer."""
+    """wav2vec 2.0 / HuBERT / WavLM: conv features -> projection -> (masking) -> positional conv -> transformer."""
 
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -226,6 +234,9 @@ class Encoder(nnx.Module):
         self.encoder_norm = nnx.LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps,
                                           dtype=jnp.dtype(config.dtype), rngs=rngs)
         self.layers = nnx.List([TransformerLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        # WavLM: HF keeps the bucket embedding in layer 0 only; it lives here so the layers stay alike (scan_layers)
+        self.rel_pos_bias = (relpos.RelativePositionBias(config, rngs=rngs)
+                             if config.relative_position_bias and config.num_hidden_layers > 0 else None)
 
     def __call__(self, input_values: jax.Array, attention_mask: jax.Array | None = None, *,
                  output_hidden_states: bool = False, deterministic: bool = True, rng: jax.Array | None = None,
@@ -273,7 +284,8 @@ class Encoder(nnx.Module):
             h = self.encoder_norm(h)
         h = _dropout(h, cfg.hidden_dropout, keys[2])
 
-        h, hidden_states = self._run_layers(h, key_bias, num_layers, keys[3], keys[4])
+        position_bias = self.rel_pos_bias(frames) if self.rel_pos_bias is not None and num_layers else None
+        h, hidden_states = self._run_layers(h, key_bias, position_bias, num_layers, keys[3], keys[4])
         last = self.encoder_norm(h) if cfg.do_stable_layer_norm and num_layers == cfg.num_hidden_layers else h
         return EncoderOutput(last, hidden_states if output_hidden_states else None, frame_mask)
 
@@ -290,7 +302,7 @@ class Encoder(nnx.Module):
             h = jnp.where(spans[:, None, :], 0, h)
         return h
 
-    def _run_layers(self, h, key_bias, num_layers, layer_key, drop_key):
+    def _run_layers(self, h, key_bias, position_bias, num_layers, layer_key, drop_key):
         cfg = self.config
         layers = list(self.layers)[:num_layers]
         hidden_states = [h]
@@ -299,7 +311,7 @@ class Encoder(nnx.Module):
         graphdef, _ = nnx.split(layers[0])
 
         def apply(state, h, rng):
-            return nnx.merge(graphdef, state)(h, key_bias, rng)
+            return nnx.merge(graphdef, state)(h, key_bias, rng, position_bias)
 
         if cfg.remat:
             apply = jax.checkpoint(apply)
@@ -307,6 +319,8 @@ class Encoder(nnx.Module):
         layer_keys = jax.random.split(layer_key, num_layers) if training else [None] * num_layers
         drops = (jax.random.uniform(drop_key, (num_layers,)) < cfg.layerdrop
                  if training and cfg.layerdrop > 0 else None)
+        if drops is not None and cfg.relative_position_bias:
+            drops = drops.at[0].set(False)  # HF's WavLM never drops layer 0 (it computes the position bias there)
 
         def step(h, state, rng, drop):
             out = apply(state, h, rng)

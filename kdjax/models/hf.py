@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from kdjax.errors import CheckpointError, ConfigError
-from kdjax.models.config import EncoderConfig
+from kdjax.models.config import EncoderConfig, ignored_hf_settings
 from kdjax.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ _TRANSFORMS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.nd
     "linear": (lambda a: a.T, lambda a: a.T),  # torch [out, in] <-> [in, out]
     "conv": (lambda a: a.transpose(2, 1, 0), lambda a: a.transpose(2, 1, 0)),  # torch [out, in, k] <-> [k, in, out]
     "wn_g": (lambda a: a.reshape(-1), lambda a: a.reshape(1, 1, -1)),  # weight-norm gain, torch [1, 1, k] <-> [k]
+    "heads": (lambda a: a.reshape(-1), lambda a: a.reshape(1, -1, 1, 1)),  # WavLM gate constant [1, H, 1, 1] <-> [H]
 }
 
 # (HF names, kdjax path, transform); "{i}" is a layer index. The first HF name is the one written; the others are
@@ -52,6 +53,11 @@ _TABLE: list[tuple[tuple[str, ...], str, str]] = [
     (("encoder.pos_conv_embed.conv.bias",), "pos_conv.bias", "none"),
     (("encoder.layer_norm.weight",), "encoder_norm.scale", "none"),
     (("encoder.layer_norm.bias",), "encoder_norm.bias", "none"),
+    # WavLM: the relative position bias embedding (layer 0 only) and every layer's gate
+    (("encoder.layers.0.attention.rel_attn_embed.weight",), "rel_pos_bias.embedding", "none"),
+    (("encoder.layers.{i}.attention.gru_rel_pos_linear.weight",), "layers.{i}.attention.gate.linear.kernel", "linear"),
+    (("encoder.layers.{i}.attention.gru_rel_pos_linear.bias",), "layers.{i}.attention.gate.linear.bias", "none"),
+    (("encoder.layers.{i}.attention.gru_rel_pos_const",), "layers.{i}.attention.gate.const", "heads"),
 ] + [
     ((f"encoder.layers.{{i}}.{hf}.{hf_leaf}",), f"layers.{{i}}.{ours}.{leaf}", transform)
     for hf, ours, is_norm in [
@@ -71,7 +77,7 @@ def _regex(template: str) -> re.Pattern:
 
 _HF_TO_KDJAX = [(_regex(name), ours, transform) for names, ours, transform in _TABLE for name in names]
 _KDJAX_TO_HF = [(_regex(ours), names[0], transform) for names, ours, transform in _TABLE]
-_BASE_PREFIXES = ("hubert.", "wav2vec2.")
+_BASE_PREFIXES = ("hubert.", "wav2vec2.", "wavlm.")
 _OPTIONAL = {"masked_spec_embed"}  # only used for training-time masking; HF also re-initialises it when absent
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -153,8 +159,7 @@ def _read_tensors(folder: Path) -> dict[str, np.ndarray]:
     raise CheckpointError(f"{folder}: no weights found: expected one of {', '.join(_WEIGHT_FILES)}")
 
 
-def read_config(folder: str | os.PathLike, **overrides: Any) -> EncoderConfig:
-    """The EncoderConfig of an HF checkpoint folder (its config.json), with kdjax fields overridden."""
+def _read_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
     config_file = Path(folder) / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{folder}: no config.json: expected a Hugging Face checkpoint folder "
@@ -163,10 +168,21 @@ def read_config(folder: str | os.PathLike, **overrides: Any) -> EncoderConfig:
         hf_config = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{config_file}: not valid JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object, got {type(hf_config).__name__}")
+    return hf_config
+
+
+def _encoder_config(hf_config: dict[str, Any], folder: str | os.PathLike, overrides: dict[str, Any]) -> EncoderConfig:
     try:
-        return EncoderConfig.from_hf(hf_config, source=str(config_file), **overrides)
+        return EncoderConfig.from_hf(hf_config, source=str(Path(folder) / "config.json"), **overrides)
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
+
+
+def read_config(folder: str | os.PathLike, **overrides: Any) -> EncoderConfig:
+    """The EncoderConfig of an HF checkpoint folder (its config.json), with kdjax fields overridden."""
+    return _encoder_config(_read_hf_config(folder), folder, overrides)
 
 
 def load_weights(model: Encoder, tensors: dict[str, np.ndarray], *, source: str = "checkpoint") -> list[str]:
@@ -207,18 +223,37 @@ def load_weights(model: Encoder, tensors: dict[str, np.ndarray], *, source: str 
     return ignored
 
 
+_WARNED: set[str] = set()
+_MAX_LISTED_KEYS = 12
+
+
+def _warn_ignored(folder: Path, settings: list[str], keys: list[str]) -> None:
+    """One WARNING per checkpoint folder and process naming what loading ignored (head keys, head-only settings)."""
+    parts = []
+    if settings:
+        parts.append(f"config setting(s) {'; '.join(settings)}")
+    if keys:
+        listed = sorted(keys)[:_MAX_LISTED_KEYS]
+        more = f", ... ({len(keys) - len(listed)} more)" if len(keys) > len(listed) else ""
+        parts.append(f"{len(keys)} non-encoder weight(s) {', '.join(listed)}{more}")
+    message = f"{folder}: loaded the encoder only; ignored " + " and ".join(parts)
+    if parts and message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+
+
 def from_pretrained(path_or_repo_id: str | os.PathLike, **config_overrides: Any) -> Encoder:
-    """Load a wav2vec 2.0 / HuBERT encoder from an HF folder or a locally cached repo id (no downloads).
+    """Load a wav2vec 2.0 / HuBERT / WavLM encoder from an HF folder or a locally cached repo id (no downloads).
 
     `config_overrides` set kdjax runtime fields (e.g. dtype="bfloat16", remat=True) or architecture fields such as
-    dropout rates.
+    dropout rates. What the checkpoint holds beyond the encoder (a task head, head-only settings such as
+    `use_weighted_layer_sum`) is ignored, and said once at WARNING level.
     """
     folder = _resolve(path_or_repo_id)
-    config = read_config(folder, **config_overrides)
-    model = Encoder(config, rngs=nnx.Rngs(0))
+    hf_config = _read_hf_config(folder)
+    model = Encoder(_encoder_config(hf_config, folder, config_overrides), rngs=nnx.Rngs(0))
     ignored = load_weights(model, _read_tensors(folder), source=str(folder))
-    if ignored:
-        log.info("%s: ignored %d non-encoder key(s): %s", folder, len(ignored), ", ".join(sorted(ignored)))
+    _warn_ignored(folder, ignored_hf_settings(hf_config), ignored)
     return model
 
 
@@ -234,7 +269,7 @@ def to_hf_tensors(model: Encoder, dtype: str = "float32") -> dict[str, np.ndarra
 
 
 def save_pretrained(model: Encoder, path: str | os.PathLike, *, dtype: str = "float32") -> Path:
-    """Write config.json + model.safetensors that transformers' HubertModel / Wav2Vec2Model load unchanged.
+    """Write config.json + model.safetensors that transformers' HubertModel / Wav2Vec2Model / WavLMModel load unchanged.
 
     Files are written to a temporary folder and moved into place, so a crash never leaves a half-written checkpoint.
     `dtype="float16"` halves the file (transformers and kdjax load it back as float32).
