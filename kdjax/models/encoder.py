@@ -240,15 +240,14 @@ class Encoder(nnx.Module):
 
     def __call__(self, input_values: jax.Array, attention_mask: jax.Array | None = None, *,
                  output_hidden_states: bool = False, deterministic: bool = True, rng: jax.Array | None = None,
-                 num_layers: int | None = None, mask_time_indices: jax.Array | None = None,
-                 freeze_feature_encoder: bool = False) -> EncoderOutput:
+                 num_layers: int | None = None, mask_time_indices: jax.Array | None = None) -> EncoderOutput:
         """Encode [B, S] float samples; `rng` is required when `deterministic=False` (dropout, masking, layerdrop).
 
         `num_layers` runs only the first layers (a teacher that must supply layer 8 need not compute 9-12); the
         stable-LN final LayerNorm is then not applied. `mask_time_indices` (bool [B, T]) replaces those frames by
         `masked_spec_embed` instead of drawing random spans (masked prediction pre-training chooses its own).
-        `freeze_feature_encoder` stops gradients at the conv features (fine-tuning's default), which also skips the
-        conv stack's backward pass.
+        Freezing the conv stack (or the whole encoder) is not done here: it is an optimizer group
+        (kdjax.train.optim), whose zero gradient lets XLA drop that backward pass.
         """
         cfg = self.config
         if not deterministic and rng is None:
@@ -260,8 +259,6 @@ class Encoder(nnx.Module):
 
         x = input_values.astype(jnp.dtype(cfg.dtype))
         features = self.feature_encoder(x)
-        if freeze_feature_encoder:
-            features = jax.lax.stop_gradient(features)
         batch, frames, _ = features.shape
         if attention_mask is None:
             frame_mask = jnp.ones((batch, frames), dtype=bool)

@@ -156,9 +156,19 @@ def test_presets_have_published_sizes():
 
 
 def test_freeze_feature_encoder_zeroes_only_conv_gradients():
+    """The frozen conv stack is an optimizer group (kdjax.train.optim): its gradient is zero, the layers' is not."""
+    import ml_collections
+
+    from kdjax.train import optim
+
     model = enc_lib.init_encoder(TINY.replace(layerdrop=0.0))
     x, mask = hf_utils.batch()
-    grads = nnx.grad(lambda m: jnp.sum(m(x, mask, freeze_feature_encoder=True).last_hidden_state[:, :3]))(model)
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: jnp.sum(nnx.merge(graphdef, p["encoder"])(x, mask).last_hidden_state[:, :3])  # noqa: E731
+    cfg = ml_collections.ConfigDict(optim.default_config())
+    cfg.groups = {"feature_encoder": {"frozen": True}}
+    opt = optim.make_optimizer(cfg, 10, param_labels=optim.encoder_labels, labels=optim.ENCODER_GROUPS)
+    grads = opt.prepare(jax.grad(loss)({"encoder": params}))["encoder"]
     conv = jax.tree.leaves(grads["feature_encoder"])
     rest = jax.tree.leaves(grads["layers"])
     assert conv and all(float(jnp.abs(g).max()) == 0.0 for g in conv)
