@@ -93,7 +93,7 @@ def write_block(spec: CacheSpec, tmp: str, parts: dict[str, Any], encoder: Encod
     rows = block_range(len(source), process_index, process_count)
     bar = tqdm(total=len(rows), unit="clip", desc=f"caching {spec.dataset}/{spec.split}", dynamic_ncols=True,
                mininterval=1.0, file=sys.stderr, disable=not progress)
-    start, audio_seconds = time.time(), 0.0
+    start, audio_seconds, cropped = time.time(), 0.0, 0
     buckets: dict[int, list[tuple[int, dict, dict]]] = {}
 
     def flush(length: int) -> None:
@@ -120,6 +120,7 @@ def write_block(spec: CacheSpec, tmp: str, parts: dict[str, Any], encoder: Encod
     for index in rows:
         raw = source[index]
         length = clip_length(spec, int(raw["audio"].shape[0]))
+        cropped += int(raw["audio"].shape[0] > length)
         ex = pipeline._example(raw, length, None, spec.normalize)  # the uncached pipeline's own preprocessing
         buckets.setdefault(length, []).append((index, raw, ex))
         if len(buckets[length]) == spec.batch_size:
@@ -135,6 +136,9 @@ def write_block(spec: CacheSpec, tmp: str, parts: dict[str, Any], encoder: Encod
         os.fsync(f.fileno())
     log.info("cached %s/%s block %d/%d: %d clips, %.1f audio-s in %.1f s", spec.dataset, spec.split, process_index,
              process_count, len(rows), audio_seconds, time.time() - start)
+    if cropped and spec.kind == "pooled":  # the uncached run crops these at random, the cache at the centre
+        log.warning("%s/%s: %d of %d clips are longer than max_samples=%d and were centre-cropped", spec.dataset,
+                    spec.split, cropped, len(rows), spec.max_samples)
 
 
 def finalize(tmp: str, final: str, parts: dict[str, Any], encoder: Encoder, process_count: int) -> str:

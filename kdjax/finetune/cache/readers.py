@@ -43,6 +43,19 @@ def crop_frames(cached_frames: int, offset_samples: int, crop_frames_: int, fram
     return min(max(first, 0), cached_frames - length), length
 
 
+class _Raw:
+    """A frames cache's records in the storage dtype: the SV reader converts only the frames it crops."""
+
+    def __init__(self, cache: CachedFeatures):
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.cache.record(index)
+
+
 def _stream(cache: CachedFeatures, fn: Callable, *, batch_size: int, seed: int, shuffle: bool,
             num_epochs: int | None, process_index: int | None, process_count: int | None) -> grain.DatasetIterator:
     if process_index is None or process_count is None:
@@ -50,7 +63,7 @@ def _stream(cache: CachedFeatures, fn: Callable, *, batch_size: int, seed: int, 
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    ds = grain.MapDataset.source(cache)
+    ds = grain.MapDataset.source(_Raw(cache) if cache.kind == "frames" else cache)
     if len(ds) < batch_size * process_count:
         raise DatasetError(f"the cache {cache.path} has {len(ds)} examples, fewer than the global batch "
                            f"{batch_size * process_count} (batch_size={batch_size} x {process_count} processes)")
@@ -101,7 +114,7 @@ def sv_train_iterator(cache: CachedFeatures, *, batch_size: int, crop_samples: i
         x = rec["x"]
         first, length = crop_frames(x.shape[1], start - window, frames, stride)
         out = np.zeros((x.shape[0], frames, x.shape[2]), np.float32)
-        out[:, :length] = x[:, first:first + length]
+        out[:, :length] = x[:, first:first + length]  # converts to float32 only the cropped frames
         return {"hidden_states": out, "frame_mask": np.arange(frames) < length, "crop_start": np.int32(start),
                 **_labels(rec)}
 

@@ -43,10 +43,11 @@ def encode_record(features: np.ndarray, *, index: int, utt_id: str, label: int, 
                           "x": np.ascontiguousarray(features).tobytes()})
 
 
-def decode_record(data: bytes, dtype: np.dtype) -> dict[str, Any]:
-    """Inverse of encode_record; "x" comes back as float32."""
+def decode_record(data: bytes, dtype: np.dtype, as_float32: bool = True) -> dict[str, Any]:
+    """Inverse of encode_record; "x" comes back as float32 (or, as_float32=False, a read-only storage-dtype view)."""
     rec = msgpack.unpackb(data)
-    rec["x"] = np.frombuffer(rec["x"], dtype=dtype).reshape(rec["shape"]).astype(np.float32)
+    x = np.frombuffer(rec["x"], dtype=dtype).reshape(rec["shape"])
+    rec["x"] = x.astype(np.float32) if as_float32 else x
     return rec
 
 
@@ -72,9 +73,13 @@ def fsync_file(path: str) -> None:
 
 
 class CachedFeatures:
-    """Random-access source over one complete cache: `cache[i]` is example i's record (float32 "x")."""
+    """Random-access source over one complete cache: `cache[i]` is example i's record (float32 "x").
 
-    def __init__(self, path: str):
+    Pooled caches up to `in_memory_bytes` (float32) are read into memory once at open: their records are a few kB,
+    and reading them one by one would cost more than the head step they feed.
+    """
+
+    def __init__(self, path: str, in_memory_bytes: int = 2**31):
         manifest_path = os.path.join(path, MANIFEST)
         if not os.path.exists(manifest_path):
             raise DatasetError(f"{path}: not a complete feature cache (no {MANIFEST})")
@@ -102,11 +107,27 @@ class CachedFeatures:
         for s in sidecars:
             for i, utt, samples in zip(s["indices"], s["ids"], s["num_samples"]):
                 self._ids[i], self.num_samples[i] = utt, samples
+        self._memory = None
+        if self.kind == "pooled" and n and self._size_float32(n) <= in_memory_bytes:
+            recs = [self.record(i) for i in range(n)]
+            self._memory = {"x": np.stack([r["x"] for r in recs]).astype(np.float32),
+                            **{k: np.asarray([r[k] for r in recs]) for k in ("label", "speaker")}}
+
+    def _size_float32(self, n: int) -> int:
+        return n * self.num_layers * int(self.manifest.get("hidden_size", 0) or self.record(0)["x"].shape[-1]) * 4
+
+    def record(self, index: int) -> dict[str, Any]:
+        """Example `index` as stored: "x" a read-only view in the storage dtype (readers convert what they keep)."""
+        return decode_record(self._source[int(self._where[index])], self.dtype, as_float32=False)
 
     def __len__(self) -> int:
         return len(self._where)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._memory is not None:
+            m = self._memory
+            return {"x": m["x"][index], "label": int(m["label"][index]), "speaker": int(m["speaker"][index]),
+                    "index": int(index), "id": self._ids[index], "num_samples": int(self.num_samples[index])}
         return decode_record(self._source[int(self._where[index])], self.dtype)
 
     @property
