@@ -181,12 +181,12 @@ def bench(name: str, s: Setting, repeats: int) -> dict:
             lambda: (cached(down, opt, feats, fmask, labels), jax.block_until_ready(nnx.state(down))), repeats)
         with tempfile.TemporaryDirectory() as tmp:
             if task == "kws":
-                c = _fake_cache(os.path.join(tmp, "c"), "pooled", (layers, dim), 4 * s.batch, 16000)
+                c = _fake_cache(os.path.join(tmp, "c"), "pooled", (layers, dim), 2000, 16000)
                 it = cache.kws_train_iterator(c, batch_size=s.batch, seed=0, process_index=0, process_count=1)
             else:
                 utt = int(s.sv_utterance_seconds * 16000)
-                c = _fake_cache(os.path.join(tmp, "c"), "frames", (layers, frames_per_clip(s.sv_utterance_seconds), dim),
-                                2 * s.batch, utt)
+                shape = (layers, frames_per_clip(s.sv_utterance_seconds), dim)
+                c = _fake_cache(os.path.join(tmp, "c"), "frames", shape, 2 * s.batch, utt)
                 it = cache.sv_train_iterator(c, batch_size=s.batch, crop_samples=int(seconds * 16000), seed=0,
                                              process_index=0, process_count=1)
             out[f"{task}_cached_read"] = _reader_seconds(it, max(repeats, 1))

@@ -213,8 +213,10 @@ def open_cache(spec: CacheSpec, cache_dir: str, encoder: Encoder | None = None) 
     where = f"{spec.dataset}/{spec.split} in {cache_dir}"
     if stale:
         spec_lib.check(json.load(open(os.path.join(stale[0], store.MANIFEST)))["fingerprint"], parts, stale[0])
+    mode = "kws" if spec.kind == "pooled" else "sv"
     raise DatasetError(f"no complete feature cache for {where} (encoder {spec.encoder}); run: kdjax cache-features "
-                       f"--encoder {spec.encoder} --dataset {spec.dataset} --splits {spec.split} --cache_dir {cache_dir}")
+                       f"--encoder {spec.encoder} --mode {mode} --{mode}_dataset {spec.dataset} --splits {spec.split} "
+                       f"--cache_dir {cache_dir}")
 
 
 def load(path: str, spec: CacheSpec, encoder: Encoder | None = None) -> store.CachedFeatures:

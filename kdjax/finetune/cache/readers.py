@@ -56,24 +56,41 @@ class _Raw:
         return self.cache.record(index)
 
 
-def _stream(cache: CachedFeatures, fn: Callable, *, batch_size: int, seed: int, shuffle: bool,
-            num_epochs: int | None, process_index: int | None, process_count: int | None) -> grain.DatasetIterator:
+class _Indices:
+    """0..n-1 as a grain source (same length, so the same shuffle as the records' source)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return int(index)
+
+
+def _stream(cache: Any, fn: Callable | None, *, batch_size: int, seed: int, shuffle: bool,
+            num_epochs: int | None, process_index: int | None, process_count: int | None,
+            batch_fn: Callable | None = None, name: str | None = None) -> grain.DatasetIterator:
     if process_index is None or process_count is None:
         import jax
 
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
-    ds = grain.MapDataset.source(_Raw(cache) if cache.kind == "frames" else cache)
+    ds = grain.MapDataset.source(_Raw(cache) if getattr(cache, "kind", None) == "frames" else cache)
     if len(ds) < batch_size * process_count:
-        raise DatasetError(f"the cache {cache.path} has {len(ds)} examples, fewer than the global batch "
+        raise DatasetError(f"the cache {name or cache.path} has {len(ds)} examples, fewer than the global batch "
                            f"{batch_size * process_count} (batch_size={batch_size} x {process_count} processes)")
     if shuffle:
         ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs).random_map(fn, seed=seed)  # same graph as pipeline.train_iterator: same rows, same RNG
+    ds = ds.repeat(num_epochs)
+    if fn is not None:
+        ds = ds.random_map(fn, seed=seed)  # same graph as pipeline.train_iterator: same rows, same RNG
     ds = pipeline._process_rows(ds, batch_size, process_index, process_count)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=min(8, os.cpu_count() or 1),
                                                  prefetch_buffer_size=4 * batch_size))
-    return iter(it_ds.batch(batch_size, drop_remainder=True))
+    it_ds = it_ds.batch(batch_size, drop_remainder=True)
+    return iter(it_ds if batch_fn is None else it_ds.map(batch_fn))
 
 
 def _labels(rec: dict) -> dict[str, np.ndarray]:
@@ -90,6 +107,16 @@ def kws_train_iterator(cache: CachedFeatures, *, batch_size: int, seed: int, shu
                        process_count: int | None = None) -> grain.DatasetIterator:
     """Seeded, sharded, checkpointable batches of pooled features {"pooled": f32[b, L, H], "label", "speaker"}."""
     _require(cache, "pooled", "kws_train_iterator")
+    memory = cache.in_memory()
+    if memory is not None:  # gather whole batches from memory: per-example grain steps would cost more than the step
+        def gather(rows: np.ndarray) -> dict:
+            rows = np.asarray(rows, np.int64)
+            return {"pooled": memory["x"][rows], "label": memory["label"][rows].astype(np.int32),
+                    "speaker": memory["speaker"][rows].astype(np.int32), "index": rows.astype(np.int32)}
+
+        return _stream(_Indices(len(cache)), None, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                       num_epochs=num_epochs, process_index=process_index, process_count=process_count,
+                       batch_fn=gather, name=cache.path)
 
     def fn(rec: dict, rng: np.random.Generator) -> dict:
         return {"pooled": rec["x"], **_labels(rec)}

@@ -113,6 +113,10 @@ class CachedFeatures:
             self._memory = {"x": np.stack([r["x"] for r in recs]).astype(np.float32),
                             **{k: np.asarray([r[k] for r in recs]) for k in ("label", "speaker")}}
 
+    def in_memory(self) -> dict[str, np.ndarray] | None:
+        """{"x": f32[N, L, H], "label", "speaker"} of a pooled cache held in memory, else None."""
+        return self._memory
+
     def _size_float32(self, n: int) -> int:
         return n * self.num_layers * int(self.manifest.get("hidden_size", 0) or self.record(0)["x"].shape[-1]) * 4
 
