@@ -9,14 +9,23 @@
 Modules: spec (CacheSpec, fingerprint), store (layout, records, CachedFeatures), build (the cache pass), readers
 (grain batches, frame-space crops), pooled (the KWS identity), cli (`kdjax cache-features`). See docs/cache.md.
 """
-from kdjax.finetune.cache.build import build_cache, load, open_cache, pool_layers
-from kdjax.finetune.cache.cli import main, run_specs
-from kdjax.finetune.cache.pooled import kws_pooled_logits, kws_pooled_loss
-from kdjax.finetune.cache.readers import (crop_frames, eval_batches, kws_train_iterator, layer_major, num_frames,
-                                          process_eval_batches, sv_train_iterator)
-from kdjax.finetune.cache.spec import CacheSpec
-from kdjax.finetune.cache.store import CachedFeatures
+import importlib
 
-__all__ = ["CacheSpec", "CachedFeatures", "build_cache", "crop_frames", "eval_batches", "kws_pooled_logits",
-           "kws_pooled_loss", "kws_train_iterator", "layer_major", "load", "main", "num_frames", "open_cache",
-           "pool_layers", "process_eval_batches", "run_specs", "sv_train_iterator"]
+_EXPORTS = {
+    "build": ("build_cache", "load", "open_cache", "pool_layers"),
+    "cli": ("main", "run_specs"),
+    "pooled": ("kws_pooled_logits", "kws_pooled_loss"),
+    "readers": ("crop_frames", "eval_batches", "kws_train_iterator", "layer_major", "num_frames",
+                "process_eval_batches", "sv_train_iterator"),
+    "spec": ("CacheSpec",),
+    "store": ("CachedFeatures",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    # Lazy: `kdjax cache-features --help` (and the kdjax parser that registers it) should not import jax.
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
