@@ -1,5 +1,6 @@
 """Frozen-feature cache: the pooled KWS identity, cached vs uncached head training, frame-space crops, stale caches,
 a killed cache pass, process-count independence and the command."""
+import functools
 import json
 import os
 import shutil
@@ -69,18 +70,25 @@ def _hidden(encoder, batch):
     return _encode(encoder, batch["input_values"], batch["attention_mask"])
 
 
-@nnx.jit(static_argnums=3)
-def _step(model, opt, batch, loss_fn):
-    opt.update(model, nnx.grad(lambda m: loss_fn(m, batch)[0])(model))
+@functools.partial(jax.jit, static_argnums=(0, 5, 6))
+def _step(graphdef, params, rest, opt_state, batch, loss_fn, lr):
+    def f(p):
+        m = nnx.merge(graphdef, p, rest, copy=True)  # copy: BatchNorm updates fresh Variables of this trace
+        return loss_fn(m, batch)[0], nnx.split(m, nnx.Param, ...)[2]
+
+    grads, rest = jax.grad(f, has_aux=True)(params)
+    updates, opt_state = optax.adam(lr).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), rest, opt_state
 
 
 def _train(model, batches, loss_fn, lr=1e-2):
     """Adam steps on the head params; returns the final state (params and BatchNorm statistics) as numpy."""
     model.train()
-    opt = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    opt_state = jax.jit(optax.adam(lr).init)(params)  # one compile, not one eager op per parameter
     for batch in batches:
-        _step(model, opt, batch, loss_fn)
-    return jax.tree.map(np.asarray, nnx.state(model))
+        params, rest, opt_state = _step(graphdef, params, rest, opt_state, batch, loss_fn, lr)
+    return jax.tree.map(np.asarray, {"params": params, "rest": rest})
 
 
 def _kws_loss(m, b):
@@ -93,6 +101,17 @@ def _kws_pooled_loss(m, b):
 
 def _sv_loss(m, b):  # the cached batches are made layer-major with cache.layer_major before they get here
     return m.loss(b["hidden"], b["mask"], b["speaker"])
+
+
+def _quick_init(ctor, seed=0):
+    """A module with N(0, 0.2) parameters drawn by numpy and fresh BatchNorm statistics (mean 0, var 1): an eager
+    nnx init compiles one op per parameter shape, seconds on a CPU."""
+    graphdef, params, rest = nnx.split(nnx.eval_shape(ctor), nnx.Param, ...)
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0.0, 0.2, a.shape), a.dtype), params)
+    rest = jax.tree_util.tree_map_with_path(
+        lambda k, a: (jnp.ones if "'var'" in jax.tree_util.keystr(k) else jnp.zeros)(a.shape, a.dtype), rest)
+    return nnx.merge(graphdef, params, rest)
 
 
 def _assert_trees_close(a, b, tol):
@@ -142,14 +161,13 @@ def test_kws_head_training_from_the_cache_equals_uncached(encoder, kws_cache, kw
         hidden, mask = _hidden(encoder, u)
         uncached.append({"hidden": hidden, "mask": mask, "label": u["label"]})
         cached.append({"pooled": c["pooled"], "label": c["label"]})
-    make = lambda: KWSDownstream(features.num_layers, 32, 12, hidden=16, rngs=nnx.Rngs(1))  # noqa: E731
-    frames = _train(make(), uncached, _kws_loss)
-    pooled = _train(make(), cached, _kws_pooled_loss)
+    graphdef, init = nnx.split(KWSDownstream(features.num_layers, 32, 12, hidden=16, rngs=nnx.Rngs(1)))
+    frames = _train(nnx.merge(graphdef, init), uncached, _kws_loss)
+    pooled = _train(nnx.merge(graphdef, init), cached, _kws_pooled_loss)
     _assert_trees_close(pooled, frames, 1e-5)
 
     # The same test metrics: the trained head on the cached test split gives the uncached test logits.
-    model = make()
-    nnx.update(model, jax.tree.map(jnp.asarray, frames))
+    model = nnx.merge(graphdef, frames["params"])
     model.eval()
     test = kws_test_cache
     test_source = pipeline.load_source(KWS, "test", tiny_data_dir)
@@ -193,7 +211,9 @@ def test_sv_head_training_from_cached_frames_equals_uncached(encoder, sv_cache, 
         uncached.append({"hidden": hidden, "mask": mask, "speaker": u["speaker"]})
         cached.append({"hidden": cache.layer_major(c["hidden_states"]), "mask": c["frame_mask"],
                        "speaker": c["speaker"]})
-    make = lambda: SVDownstream(features.num_layers, 32, 6, width=32, embed_dim=16, rngs=nnx.Rngs(2))  # noqa: E731
+    graphdef, init = nnx.split(_quick_init(lambda: SVDownstream(features.num_layers, 32, 6, width=32, embed_dim=16,
+                                                                 rngs=nnx.Rngs(2))))
+    make = lambda: nnx.merge(graphdef, init)  # noqa: E731  (_train does not mutate its inputs)
     frames = _train(make(), uncached, _sv_loss, lr=1e-3)
     from_cache = _train(make(), cached, _sv_loss, lr=1e-3)  # same shapes, same compiled step
     _assert_trees_close(from_cache, frames, 1e-5)
@@ -223,7 +243,7 @@ def test_frame_crop_is_the_conv_features_of_the_sample_crop():
     config = EncoderConfig(feat_extract_norm="layer", conv_bias=True,  # per-frame norm: crops are exact
                            **{**BASE_CONV, "conv_dim": (8,) * 7})
     conv = nnx.jit(lambda m, x: m(x))
-    model = FeatureEncoder(config, rngs=nnx.Rngs(0))
+    model = _quick_init(lambda: FeatureEncoder(config, rngs=nnx.Rngs(0)))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 40000)), jnp.float32)
     full = np.asarray(conv(model, x))[0]
     crop = 16000
