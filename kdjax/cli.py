@@ -1,4 +1,4 @@
-"""The `kdjax` console script: thin wrappers over the library (demo, prepare, train, report, convert)."""
+"""The `kdjax` console script: thin wrappers over the library (demo, prepare, train, report, convert, cache-features)."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,12 @@ def _convert(args: argparse.Namespace) -> int:
     kdjax.save_pretrained(model, args.dst, dtype=args.dtype)
     print(f"wrote {args.dst}")
     return 0
+
+
+def _cache_features(args: argparse.Namespace) -> int:
+    from kdjax.finetune.cache import cli
+
+    return cli.run(args)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -71,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="dtype of the written tensors")
     p.set_defaults(fn=_convert)
+
+    from kdjax.finetune.cache.cli import add_arguments as cache_arguments
+
+    p = sub.add_parser("cache-features", help="fill a frozen-feature cache ahead of a frozen run (docs/cache.md)")
+    cache_arguments(p)
+    p.set_defaults(fn=_cache_features)
 
     p = sub.add_parser("train", help="run a config (same as python -m kdjax.main)")
     p.add_argument("--config", required=True, help="configs/x.py[:variant]")

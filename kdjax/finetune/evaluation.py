@@ -62,8 +62,12 @@ def sv_scores(cfg: Any, split: str, list_name: str, index: np.ndarray, embedding
     return eval_metrics.cosine_scores(table, rows)
 
 
-def kws_test(logits_fn: Callable, cfg: Any, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
+def kws_test(logits_fn: Callable, cfg: Any, max_samples: int, caches: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(logits [N, C], labels [N]) over the KWS test split; logits_fn(batch) -> logits of a padded batch."""
+    if caches is not None:
+        from kdjax.finetune import cached
+
+        return cached.kws_test(logits_fn, caches, int(cfg.eval_batch_size))
     source = pipeline.load_source(cfg.kws_dataset, "test", cfg.data_dir)
     logits, labels = [], []
     for batch in pipeline.eval_batches(source, batch_size=int(cfg.eval_batch_size), max_samples=max_samples,
@@ -74,25 +78,30 @@ def kws_test(logits_fn: Callable, cfg: Any, max_samples: int) -> tuple[np.ndarra
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def sv_test(embed_fn: Callable, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+def sv_test(embed_fn: Callable, cfg: Any, caches: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(cosine scores, target labels) of the test trial list; embed_fn(batch) -> embeddings."""
     name, split = trial_list(cfg, "test")
-    rows = [(b["index"], np.asarray(embed_fn(b)), b["valid"]) for b in sv_batches(cfg, split, in_loop=False)]
-    index, emb, valid = (np.concatenate(x) for x in zip(*rows))
+    if caches is not None:  # the cached test split is the one the trial lists index (kdjax.finetune.cache.run_specs)
+        from kdjax.finetune import cached
+
+        index, emb, valid = cached.sv_rows(embed_fn, caches, int(cfg.eval_batch_size))
+    else:
+        rows = [(b["index"], np.asarray(embed_fn(b)), b["valid"]) for b in sv_batches(cfg, split, in_loop=False)]
+        index, emb, valid = (np.concatenate(x) for x in zip(*rows))
     return sv_scores(cfg, split, name, index, emb, valid)
 
 
 def test_metrics(streams: tuple[str, ...], logits_fn: Callable, embed_fn: Callable, cfg: Any, kws_samples: int,
-                 label_names: list[str] | None) -> dict[str, Any]:
+                 label_names: list[str] | None, caches: Any = None) -> dict[str, Any]:
     """Everything a fine-tuning run reports about its test split(s): metrics plus what `kdjax report` plots."""
     out: dict[str, Any] = {"metrics": {}}
     if "kws" in streams:
-        logits, labels = kws_test(jax.jit(logits_fn), cfg, kws_samples)
+        logits, labels = kws_test(jax.jit(logits_fn), cfg, kws_samples, caches)
         out["metrics"]["kws/test/accuracy"] = eval_metrics.accuracy(logits, labels)
         out["confusion_matrix"] = eval_metrics.confusion_matrix(labels, logits, len(label_names)).tolist()
         out["class_names"] = label_names
     if "sv" in streams:
-        scores, labels = sv_test(jax.jit(embed_fn), cfg)
+        scores, labels = sv_test(jax.jit(embed_fn), cfg, caches)
         out["metrics"].update({f"sv/test/{k}": v for k, v in eval_metrics.sv_metrics(scores, labels).items()})
         out["sv_scores"] = {"scores": scores.tolist(), "labels": labels.tolist()}
     return out

@@ -79,9 +79,10 @@ class FineTuneModel(nnx.Module):
     """An encoder with a KWS head, an SV head, or both (multi-task shares the encoder)."""
 
     def __init__(self, encoder_config: EncoderConfig, *, num_classes: int | None, num_speakers: int | None,
-                 cfg: Any, rngs: nnx.Rngs):
+                 cfg: Any, rngs: nnx.Rngs, num_hidden_states: int | None = None):
         self.encoder = Encoder(encoder_config, rngs=rngs)
-        layers = encoder_config.num_hidden_layers + 1
+        # what the featurizers weigh: every hidden state, or the cached layers (kdjax.finetune.cached)
+        layers = num_hidden_states or encoder_config.num_hidden_layers + 1
         dim = encoder_config.hidden_size
         self.kws = (KWSDownstream(layers, dim, num_classes, featurizer=cfg.featurizer, hidden=int(cfg.kws_hidden),
                                   rngs=rngs) if num_classes else None)

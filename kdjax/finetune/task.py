@@ -40,7 +40,8 @@ from kdjax.data.audio import SAMPLE_RATE
 from kdjax.errors import ConfigError
 from kdjax.eval import metrics as eval_metrics
 from kdjax.eval.report import model_info
-from kdjax.finetune import evaluation, one_stage
+from kdjax.finetune import cache as cache_lib
+from kdjax.finetune import cached, evaluation, one_stage
 from kdjax.finetune.model import FineTuneModel
 from kdjax.models import hf
 from kdjax.models.encoder import Encoder
@@ -102,6 +103,7 @@ class FineTune(Task):
     def __init__(self, config: Any):
         super().__init__(config)
         self.cfg = cfg = config.finetune
+        cached.check(cfg, one_stage.enabled(cfg))
         _check(cfg)
         self.streams = MODES[cfg.mode]
         self.weights = {"kws": float(cfg.kws_weight), "sv": float(cfg.sv_weight)}
@@ -113,6 +115,8 @@ class FineTune(Task):
             self.one_stage.check(self.encoder_config)
         self.samples = {"kws": int(cfg.kws_seconds * SAMPLE_RATE), "sv": int(cfg.sv_seconds * SAMPLE_RATE)}
         self._dev_indices = None
+        self.caches = (cached.FeatureCaches(cfg, self.encoder_dir, self.streams, self.samples,
+                                            self.encoder_overrides) if cfg.cache else None)
         self.label_names = pipeline.label_names(cfg.kws_dataset, cfg.data_dir) if "kws" in self.streams else None
         if self.label_names is not None:
             _check_labels(cfg, self.label_names)
@@ -156,8 +160,9 @@ class FineTune(Task):
         return encoder_dir, hf.read_config(encoder_dir, **overrides), overrides
 
     def _model(self, rngs: nnx.Rngs) -> FineTuneModel:
+        layers = self.caches.num_hidden_states(self.streams[0]) if self.caches is not None else None
         model = FineTuneModel(self.encoder_config, num_classes=len(self.label_names) if self.label_names else None,
-                              num_speakers=self.num_speakers, cfg=self.cfg, rngs=rngs)
+                              num_speakers=self.num_speakers, cfg=self.cfg, rngs=rngs, num_hidden_states=layers)
         if self.one_stage is not None:  # last, so the other modules draw the same init as in a two-stage run
             model.distill_heads = self.one_stage.heads(self.encoder_config, rngs)
         return model
@@ -203,31 +208,45 @@ class FineTune(Task):
         total, metrics, distill = 0.0, {}, []
         for i, name in enumerate(self.streams):
             b = batch[name]
-            hidden, out = self._encode(model, b, state.step_key(i))
             head = model.downstream(name)
-            loss, m = head.loss(hidden, out.frame_mask, b[head.target])
+            if "pooled" in b:  # cached KWS: the exact pooled identity (kdjax.finetune.cache.pooled)
+                loss, m = cache_lib.kws_pooled_loss(head, b["pooled"], b["label"])
+            else:
+                hidden, frame_mask = (cached.features(b) if "hidden_states" in b
+                                      else self._hidden(model, b, state.step_key(i), teacher, distill))
+                loss, m = head.loss(hidden, frame_mask, b[head.target])
             total = total + self.weights[name] * loss
             metrics.update({f"{name}/{k}": v for k, v in m.items()})
-            if self.one_stage is not None:
-                distill.append(self.one_stage.loss(model.distill_heads, out, self.one_stage.targets(teacher, b)))
         if distill:  # mean over the streams, so `weight` means the same in single- and multi-task runs
             d_loss, d_metrics = jax.tree.map(lambda *xs: sum(xs) / len(xs), *distill)
             total = total + self.one_stage.weight * d_loss
             metrics.update({f"distill/{k}": v for k, v in d_metrics.items()})
         return total, (metrics, {"stats": nnx.state(model, nnx.BatchStat)})
 
+    def _hidden(self, model: FineTuneModel, b: dict, key: jax.Array, teacher: Any,
+                distill: list) -> tuple[Any, jax.Array]:
+        """Run the encoder on a stream's audio batch; a one-stage run also scores it against the teacher."""
+        hidden, out = self._encode(model, b, key)
+        if self.one_stage is not None:
+            distill.append(self.one_stage.loss(model.distill_heads, out, self.one_stage.targets(teacher, b)))
+        return hidden, out.frame_mask
+
     def _eval_model(self, params: Any, stats: Any) -> FineTuneModel:
         return nnx.merge(self.eval_graphdef, params, stats)
 
     def kws_logits(self, params: Any, stats: Any, batch: dict) -> jax.Array:
-        """KWS logits of a batch (eval mode)."""
+        """KWS logits of a batch (eval mode): audio, or cached pooled features."""
         model = self._eval_model(params, stats)
+        if "pooled" in batch:
+            return cache_lib.kws_pooled_logits(model.kws, batch["pooled"])
         hidden, out = self._encode(model, batch, None)
         return model.kws(hidden, out.frame_mask)
 
     def sv_embeddings(self, params: Any, stats: Any, batch: dict) -> jax.Array:
-        """SV embeddings of a batch (eval mode)."""
+        """SV embeddings of a batch (eval mode): audio, or cached frames."""
         model = self._eval_model(params, stats)
+        if "hidden_states" in batch:
+            return model.sv.embed(*cached.features(batch))
         hidden, out = self._encode(model, batch, None)
         return model.sv.embed(hidden, out.frame_mask)
 
@@ -261,6 +280,9 @@ class FineTune(Task):
         its = {}
         for i, name in enumerate(self.streams):
             seed = int(self.config.seed) + 1000 * i
+            if self.caches is not None:
+                its[name] = self.caches.train_iterator(name, per_process, seed)
+                continue
             source = pipeline.load_source(cfg.kws_dataset if name == "kws" else cfg.sv_dataset, "train", cfg.data_dir)
             if name == "kws" and cfg.kws_sampling == "balanced":  # s3prl's WeightedRandomSampler (N / count)
                 its[name] = sampling.balanced_iterator(source, batch_size=per_process, max_samples=self.samples[name],
@@ -276,7 +298,9 @@ class FineTune(Task):
         """KWS validation clips in fixed-shape batches (class-balanced resample with kws_dev); SV: the utterances of
         the trial list sv_select scores during training; None when there is nothing to select on."""
         cfg, out = self.cfg, {}
-        if "kws" in self.streams:
+        if "kws" in self.streams and self.caches is not None:
+            out["kws"] = self.caches.validation_batches(self.config.batch_size)
+        elif "kws" in self.streams:
             source = pipeline.load_source(cfg.kws_dataset, "validation", cfg.data_dir)
             indices, crop_seed = None, None
             if cfg.kws_dev == "balanced_resample":  # s3prl's class-balanced dev loader, one fixed draw
@@ -292,8 +316,16 @@ class FineTune(Task):
         return out or None
 
     def audio_seconds(self, host_batch: dict) -> float:
-        """Seconds of real audio in this process's batch (all streams)."""
-        return sum(float(np.sum(b["attention_mask"])) for b in host_batch.values()) / SAMPLE_RATE
+        """Seconds of real audio in this process's batch (all streams; cached batches by their frames or clips)."""
+        total = 0.0
+        for name, b in host_batch.items():
+            if "attention_mask" in b:
+                total += float(np.sum(b["attention_mask"])) / SAMPLE_RATE
+            elif "frame_mask" in b:
+                total += float(np.sum(b["frame_mask"])) * self.encoder_config.frame_stride / SAMPLE_RATE
+            else:
+                total += len(b["label"]) * self.samples[name] / SAMPLE_RATE
+        return total
 
     # ---- the end of a run ---------------------------------------------------------------------------------------
     def export(self, state: TrainState, workdir: str) -> dict[str, Any]:
@@ -301,7 +333,7 @@ class FineTune(Task):
         params, stats = jax.device_put((state.params, state.extra["stats"]), jax.local_devices()[0])
         out = evaluation.test_metrics(self.streams, lambda b: self.kws_logits(params, stats, b),
                                       lambda b: self.sv_embeddings(params, stats, b), self.cfg, self.samples["kws"],
-                                      self.label_names)
+                                      self.label_names, self.caches)
         encoder_dir = self.encoder_dir
         if self.one_stage is not None:  # the student exists only in this run: export it like distillation does
             encoder_dir = os.path.join(workdir, "student_hf")

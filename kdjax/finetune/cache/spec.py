@@ -12,11 +12,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kdjax.data.audio import SAMPLE_RATE
 from kdjax.errors import ConfigError, DatasetError
 
 KINDS = ("pooled", "frames")
 DTYPES = ("float32", "float16", "bfloat16")
-SAMPLE_RATE = 16_000
 
 
 @dataclasses.dataclass(frozen=True)

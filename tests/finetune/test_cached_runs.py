@@ -1,0 +1,35 @@
+"""Frozen fine-tuning from the feature cache through the loop: the same training and test metrics as uncached."""
+import numpy as np
+import pytest
+
+from kdjax.errors import ConfigError
+from kdjax.finetune.task import FineTune
+from kdjax.train.loop import train_and_evaluate
+from tests.finetune.test_finetune import _config, tiny_encoder  # noqa: F401  (the module's fixture)
+
+
+@pytest.mark.parametrize("mode", ["kws", "sv"])
+def test_cached_run_equals_uncached(mode, tiny_encoder, tiny_data_dir, tmp_path):  # noqa: F811
+    runs = {}
+    for name, cache in (("uncached", ""), ("cached", str(tmp_path / "cache"))):
+        config = _config(mode, "steps=4", tiny_encoder, tiny_data_dir)
+        config.finetune.update(cache=cache, sv_seconds=4.0)  # SV crops covering every utterance: exactly equal
+        config.eval_every = 2
+        runs[name] = train_and_evaluate(config, str(tmp_path / name))
+    a, b = runs["uncached"], runs["cached"]
+    key = "kws/loss" if mode == "kws" else "sv/loss"
+    np.testing.assert_allclose(b["train"][key], a["train"][key], rtol=1e-5)
+    for metric, value in a["export"]["metrics"].items():
+        np.testing.assert_allclose(b["export"]["metrics"][metric], value, atol=1e-5, err_msg=metric)
+    if mode == "kws":
+        assert b["eval"]["kws/validation/accuracy"] == a["eval"]["kws/validation/accuracy"]
+
+
+def test_cache_needs_a_frozen_two_stage_run(tiny_encoder, tiny_data_dir, tmp_path):  # noqa: F811
+    config = _config("kws", "frozen=False", tiny_encoder, tiny_data_dir, cache=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"config.finetune.cache=.*needs config.finetune.frozen=True"):
+        FineTune(config)
+    config = _config("kws", "one_stage", tiny_encoder, tiny_data_dir, cache=str(tmp_path))
+    config.finetune.one_stage.teacher = tiny_encoder
+    with pytest.raises(ConfigError, match=r"config.finetune.cache=.*config.finetune.one_stage.teacher="):
+        FineTune(config)
