@@ -1,0 +1,93 @@
+"""LiteRT (TFLite): jax.export -> StableHLO -> litert-converter -> .tflite (no TensorFlow); int8 with litert-quantizer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import jax
+import numpy as np
+
+from kdjax.errors import ConfigError
+from kdjax.export.graphs import INPUT_NAMES, Graph
+
+SIGNATURE = "serving_default"
+
+
+def convert(graph: Graph, path: str | os.PathLike) -> Path:
+    """Write the float32 graph as a .tflite with a dynamic batch and length and one signature."""
+    from jax import export as jax_export
+    from litert_converter.mlir import ir, passmanager
+    from litert_converter.mlir._mlir_libs import converter_api_ext as api
+
+    exported = jax_export.export(jax.jit(graph.fn), platforms=["cpu"])(*graph.specs)
+    ctx = ir.Context()
+    api.prepare_mlir_context(ctx)
+    with ctx:
+        module = ir.Module.parse(exported.mlir_module())
+        try:
+            api.run_convert_to_tfl_passes(module, passmanager.PassManager(), api.ConvertToTFLConfig())
+            left = sorted({op for op in _op_names(module) if op.startswith(("stablehlo.", "chlo.", "mhlo."))})
+            if left:
+                raise ConfigError(f"export --format tflite: no LiteRT builtin op for {left} in this graph")
+            api.set_signature(module.operation, SIGNATURE, list(INPUT_NAMES), [graph.output_name])
+            flatbuffer = api.export_flatbuffer_to_bytes(module.operation)
+        except ValueError as e:
+            raise ConfigError(f"export --format tflite: the LiteRT converter failed: {e}") from e
+    path = Path(path)
+    path.write_bytes(flatbuffer)
+    return path
+
+
+def _op_names(module) -> set[str]:
+    names: set[str] = set()
+
+    def walk(op):
+        names.add(op.name)
+        for region in op.regions:
+            for block in region.blocks:
+                for inner in block.operations:
+                    walk(inner.operation)
+
+    walk(module.operation)
+    return names
+
+
+def _quantize(src: Path, dst: Path, recipe, calibration=None) -> Path:
+    from litert_quantizer import quantizer
+
+    q = quantizer.Quantizer(str(src))
+    q.load_quantization_recipe(recipe)
+    result = q.quantize(q.calibrate({SIGNATURE: list(calibration)}) if calibration is not None else None,
+                        enable_progress_report=False)
+    dst.write_bytes(bytes(result.quantized_model))
+    return dst
+
+
+def quantize_dynamic(src: Path, dst: Path) -> Path:
+    """Dynamic int8: int8 weights per channel, activations quantized on the fly (litert-quantizer dynamic_wi8_afp32)."""
+    from litert_quantizer import recipe
+
+    return _quantize(src, dst, recipe.dynamic_wi8_afp32())
+
+
+def quantize_static(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarray]]) -> Path:
+    """Not supported: litert-quantizer 0.11's calibration crashes (segfault) on graphs with a dynamic length."""
+    raise ConfigError("export --format tflite --quantize static-int8 is not supported: litert-quantizer's "
+                      "calibration crashes on graphs with a dynamic length; use --quantize dynamic-int8, or "
+                      "--format onnx for static-int8")
+
+
+class Runner:
+    """LiteRT interpreter (XNNPACK on CPU): run(audio, attention_mask) -> numpy output, any batch and length."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+        self.output = None
+
+    def __call__(self, audio: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        out = self.runner(**{INPUT_NAMES[0]: audio.astype(np.float32), INPUT_NAMES[1]: attention_mask.astype(np.int32)})
+        return next(iter(out.values()))
