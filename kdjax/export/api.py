@@ -17,7 +17,8 @@ FORMATS = ("onnx", "tflite")
 QUANTIZE = ("none", "dynamic-int8", "static-int8")
 
 
-def _backend(fmt: str):
+def backend_for(fmt: str):
+    """The module (onnx_format or litert_format) that writes `fmt`; ConfigError if its packages are missing."""
     if fmt not in FORMATS:
         raise ConfigError(f"export: --format {fmt!r} is invalid: expected one of {FORMATS}")
     try:
@@ -54,9 +55,11 @@ def export(src: Any, dst: str | os.PathLike, *, fmt: str = "onnx", quantize: str
     """Export `src` (a path, or an (encoder, kws, sv) tuple) to `dst`; static-int8 needs `calibration` inputs."""
     from kdjax.export import source
 
-    backend = _backend(fmt)
+    backend = backend_for(fmt)
     if quantize not in QUANTIZE:
         raise ConfigError(f"export: --quantize {quantize!r} is invalid: expected one of {QUANTIZE}")
+    if quantize in getattr(backend, "UNSUPPORTED_QUANTIZE", {}):
+        raise ConfigError(backend.UNSUPPORTED_QUANTIZE[quantize])
     if quantize == "static-int8" and calibration is None:
         raise ConfigError("export: --quantize static-int8 needs calibration clips: give --calibration DATASET:SPLIT")
     encoder, kws, sv = source.load(src) if isinstance(src, (str, os.PathLike)) else src
@@ -78,7 +81,7 @@ def runner(path: str | os.PathLike, threads: int = 1):
     fmt = {".onnx": "onnx", ".tflite": "tflite"}.get(suffix)
     if fmt is None:
         raise ConfigError(f"{path}: expected a .onnx or .tflite file")
-    return _backend(fmt).Runner(path, threads=threads)
+    return backend_for(fmt).Runner(path, threads=threads)
 
 
 def time_per_second(run, seconds: float = 1.0, repeats: int = 10, multiple: int = 320) -> float:
@@ -104,7 +107,7 @@ def measure(student_hf_dir: str | os.PathLike, *, fmt: str = "onnx", threads: in
     with tempfile.TemporaryDirectory() as tmp:
         floating = export((encoder, None, None), Path(tmp) / f"float.{fmt}", fmt=fmt,
                           layers=[encoder.config.num_hidden_layers])
-        quantized = _backend(fmt).quantize_dynamic(floating, Path(tmp) / f"int8.{fmt}")
+        quantized = backend_for(fmt).quantize_dynamic(floating, Path(tmp) / f"int8.{fmt}")
         ms = time_per_second(runner(quantized, threads), repeats=repeats, multiple=encoder.config.frame_stride)
         return {"int8_mb": quantized.stat().st_size / 2**20, "float_mb": floating.stat().st_size / 2**20,
                 "ms_per_s": ms, "format": fmt, "threads": threads}

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
                 raise api.ConfigError(f"export: --layers {args.layers!r} is invalid: expected comma-separated "
                                       "integers, e.g. 4,8") from None
         calibration = None
+        backend = api.backend_for(fmt)
+        if args.quantize in getattr(backend, "UNSUPPORTED_QUANTIZE", {}):
+            raise api.ConfigError(backend.UNSUPPORTED_QUANTIZE[args.quantize])
         if args.quantize == "static-int8":
             if not args.calibration or ":" not in args.calibration:
                 raise api.ConfigError("export: --quantize static-int8 needs --calibration DATASET:SPLIT "
