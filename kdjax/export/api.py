@@ -51,7 +51,8 @@ def calibration_inputs(dataset: str, split: str, num_clips: int, *, data_dir: st
 
 
 def export(src: Any, dst: str | os.PathLike, *, fmt: str = "onnx", quantize: str = "none", task: str = "encoder",
-           layers: Sequence[int] | None = None, calibration: Iterable[dict[str, np.ndarray]] | None = None) -> Path:
+           layers: Sequence[int] | None = None, calibration: Iterable[dict[str, np.ndarray]] | None = None,
+           fixed_shape: tuple[int, int] | None = None) -> Path:
     """Export `src` (a path, or an (encoder, kws, sv) tuple) to `dst`; static-int8 needs `calibration` inputs."""
     from kdjax.export import source
 
@@ -63,7 +64,7 @@ def export(src: Any, dst: str | os.PathLike, *, fmt: str = "onnx", quantize: str
     if quantize == "static-int8" and calibration is None:
         raise ConfigError("export: --quantize static-int8 needs calibration clips: give --calibration DATASET:SPLIT")
     encoder, kws, sv = source.load(src) if isinstance(src, (str, os.PathLike)) else src
-    graph = graphs.build(encoder, task, kws=kws, sv=sv, layers=layers)
+    graph = graphs.build(encoder, task, kws=kws, sv=sv, layers=layers, fixed_shape=fixed_shape)
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     if quantize == "none":

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", default=None,
                         help="comma-separated hidden-state indices for --task encoder (0 = transformer input, "
                              "N = last layer); default all")
+    parser.add_argument("--fixed-shape", default=None, metavar="BATCHxSAMPLES",
+                        help="a fixed input shape, e.g. 1x16000, instead of a dynamic batch and length (LiteRT runs "
+                             "fixed shapes much faster)")
     parser.add_argument("--calibration", default=None, metavar="DATASET:SPLIT",
                         help="static-int8: clips of this prepared data set split, e.g. synthetic_speech/kws:train")
     parser.add_argument("--calibration-clips", type=int, default=32)
@@ -42,6 +45,14 @@ def run(args: argparse.Namespace) -> int:
             except ValueError:
                 raise api.ConfigError(f"export: --layers {args.layers!r} is invalid: expected comma-separated "
                                       "integers, e.g. 4,8") from None
+        fixed_shape = None
+        if args.fixed_shape:
+            try:
+                fixed_shape = tuple(int(v) for v in args.fixed_shape.lower().split("x"))
+                assert len(fixed_shape) == 2
+            except (ValueError, AssertionError):
+                raise api.ConfigError(f"export: --fixed-shape {args.fixed_shape!r} is invalid: expected "
+                                      "BATCHxSAMPLES, e.g. 1x16000") from None
         calibration = None
         backend = api.backend_for(fmt)
         if args.quantize in getattr(backend, "UNSUPPORTED_QUANTIZE", {}):
@@ -61,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             src = args.src
         out = api.export(src, args.dst, fmt=fmt, quantize=args.quantize, task=args.task, layers=layers,
-                         calibration=calibration)
+                         calibration=calibration, fixed_shape=fixed_shape)
     except KdjaxError as e:
         print(f"kdjax export: error: {e}", file=sys.stderr)
         return 2

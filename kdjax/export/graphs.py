@@ -68,8 +68,9 @@ def layer_indices(encoder: Encoder, layers: Sequence[int] | None) -> tuple[int, 
 
 
 def build(encoder: Encoder, task: str = "encoder", *, kws=None, sv=None,
-          layers: Sequence[int] | None = None) -> Graph:
-    """The graph of `task`: "encoder" (stacked hidden states [L, B, T, H] of `layers`), "kws" or "sv"."""
+          layers: Sequence[int] | None = None, fixed_shape: tuple[int, int] | None = None) -> Graph:
+    """The graph of `task`: "encoder" (stacked hidden states [L, B, T, H] of `layers`), "kws" or "sv"; dynamic batch
+    and length unless `fixed_shape` = (batch, samples) (LiteRT runs a fixed-shape graph ~15x faster on CPU)."""
     if task not in TASKS:
         raise ConfigError(f"export: --task {task!r} is invalid: expected one of {TASKS}")
     model = _prepare(encoder)
@@ -106,6 +107,14 @@ def build(encoder: Encoder, task: str = "encoder", *, kws=None, sv=None,
     specs = (jax.ShapeDtypeStruct((batch, samples), jnp.float32),
              jax.ShapeDtypeStruct((batch, samples), jnp.int32))
     min_units = min_frames + lead - 1
+    if fixed_shape is not None:
+        fixed_batch, fixed_samples = (int(v) for v in fixed_shape)
+        if fixed_batch < 1 or fixed_samples < stride * min_units:
+            raise ConfigError(f"export: --fixed-shape {fixed_batch}x{fixed_samples} is invalid: expected batch >= 1 "
+                              f"and at least {stride * min_units} samples")
+        specs = (jax.ShapeDtypeStruct((fixed_batch, fixed_samples), jnp.float32),
+                 jax.ShapeDtypeStruct((fixed_batch, fixed_samples), jnp.int32))
+        return Graph(fn, specs, OUTPUT_NAMES[task], 1, fixed_samples)
     return Graph(fn, specs, OUTPUT_NAMES[task], stride, stride * min_units)
 
 

@@ -90,15 +90,26 @@ def quantize_static(src: Path, dst: Path, calibration: Iterable[dict[str, np.nda
 
 
 class Runner:
-    """LiteRT interpreter (XNNPACK on CPU): run(audio, attention_mask) -> numpy output, any batch and length."""
+    """LiteRT interpreter (XNNPACK on CPU): run(audio, attention_mask) -> numpy output, any batch and length (the
+    tensors are resized and re-allocated only when the input shape changes)."""
 
     def __init__(self, path: str | os.PathLike, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
-        self.output = None
+        runner = self.interpreter.get_signature_runner(SIGNATURE)
+        signature = runner._signature_def  # {"inputs": {name: tensor index}, "outputs": {name: tensor index}}
+        self.inputs = [signature["inputs"][name] for name in INPUT_NAMES]
+        self.output = next(iter(signature["outputs"].values()))
+        self.shape = None
 
     def __call__(self, audio: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        out = self.runner(**{INPUT_NAMES[0]: audio.astype(np.float32), INPUT_NAMES[1]: attention_mask.astype(np.int32)})
-        return next(iter(out.values()))
+        if audio.shape != self.shape:
+            for index, value in zip(self.inputs, (audio, attention_mask)):
+                self.interpreter.resize_tensor_input(index, value.shape, strict=False)
+            self.interpreter.allocate_tensors()
+            self.shape = audio.shape
+        self.interpreter.set_tensor(self.inputs[0], audio.astype(np.float32))
+        self.interpreter.set_tensor(self.inputs[1], attention_mask.astype(np.int32))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output)

@@ -72,25 +72,27 @@ def downstream():
     return encoder, kws, sv
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
-@pytest.mark.parametrize("task", ["kws", "sv"])
-def test_float_kws_and_sv_graphs_match_jax(downstream, tmp_path, task, fmt):
+@pytest.fixture(scope="module")
+def references(downstream):
+    """The JAX modules' outputs on _inputs() per task, computed once for both formats."""
     encoder, kws, sv = downstream
-    path = api.export(downstream, tmp_path / f"{task}.{fmt}", fmt=fmt, task=task)
-    run = api.runner(path)
+    refs = {"kws": [], "sv": []}
     for x, mask in _inputs():
         out = encoder(x, mask, output_hidden_states=True)
-        ref = kws(out.hidden_states, out.frame_mask) if task == "kws" else sv.embed(out.hidden_states, out.frame_mask)
+        refs["kws"].append(np.asarray(kws(out.hidden_states, out.frame_mask)))
+        refs["sv"].append(np.asarray(sv.embed(out.hidden_states, out.frame_mask)))
+    return refs
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+@pytest.mark.parametrize("task", ["kws", "sv"])
+def test_float_kws_and_sv_graphs_match_jax(downstream, references, tmp_path, task, fmt):
+    path = api.export(downstream, tmp_path / f"{task}.{fmt}", fmt=fmt, task=task)
+    run = api.runner(path)
+    for (x, mask), ref in zip(_inputs(), references[task]):
         ours = run(x, mask)
         assert ours.shape == ref.shape
-        np.testing.assert_allclose(ours, np.asarray(ref), atol=TOL, rtol=0)
-
-
-def test_layers_selects_hidden_states(folders, tmp_path):
-    path = api.export(folders["hubert_base_like"], tmp_path / "l.onnx", layers=[0, 2])
-    x, mask = _inputs()[0]
-    ref = _hf_hidden_states(folders["hubert_base_like"], x, mask)[[0, 2]]
-    assert np.abs(api.runner(path)(x, mask) - ref).max() <= 1e-3  # padded frames included: loose, shape is the point
+        np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------- int8
@@ -126,21 +128,20 @@ def test_int8_is_small_and_close(medium, tiny_data_dir, fmt, mode):
     quantized, floating = api.runner(dst), api.runner(floats[fmt])
     errors = [_relative_error(quantized(c["audio"], c["attention_mask"]), floating(c["audio"], c["attention_mask"]))
               for c in test]
-    # Measured 0.02-0.05 on random weights; 0.15 leaves room for other clips and is still far below a broken graph.
-    assert max(errors) <= 0.15, errors
-
-
-def test_tflite_static_int8_fails_clearly(medium, tmp_path):
-    with pytest.raises(ConfigError, match="tflite --quantize static-int8 is not supported"):
-        api.export((medium[0], None, None), tmp_path / "s.tflite", fmt="tflite", quantize="static-int8",
-                   calibration=[])
+    # Relative L2 error of the last hidden state per clip. Measured on this random model: see the report in
+    # docs/export.md; on the trained demo teacher 0.003-0.014. Quantized conv-feature activations (the failure this
+    # guards against) gave up to 1.0.
+    assert max(errors) <= 0.05, errors
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def test_cli_exports_an_hf_folder(folders, tmp_path, capsys):
     dst = tmp_path / "e.onnx"
-    assert cli.main([str(folders["hubert_base_like"]), str(dst), "--layers", "3"]) == 0
-    assert dst.is_file() and "wrote" in capsys.readouterr().out
+    assert cli.main([str(folders["hubert_base_like"]), str(dst), "--layers", "0,2"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    x, mask = _inputs()[1]  # unpadded
+    ref = _hf_hidden_states(folders["hubert_base_like"], x, mask)[[0, 2]]
+    assert np.abs(api.runner(dst)(x, mask) - ref).max() <= TOL
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -151,6 +152,8 @@ def test_cli_exports_an_hf_folder(folders, tmp_path, capsys):
     (["{hf}", "{tmp}/x.onnx", "--layers", "a"], "--layers 'a' is invalid"),
     (["{hf}", "{tmp}/x.onnx", "--quantize", "static-int8"], "needs --calibration DATASET:SPLIT"),
     (["{tmp}", "{tmp}/x.onnx"], "is neither a Hugging Face folder"),
+    (["{hf}", "{tmp}/x.tflite", "--quantize", "static-int8", "--calibration", "a:b"],
+     "tflite --quantize static-int8 is not supported"),
 ])
 def test_cli_errors_name_the_problem(folders, tmp_path, capsys, argv, message):
     argv = [a.format(hf=folders["hubert_base_like"], tmp=tmp_path) for a in argv]
