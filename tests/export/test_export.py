@@ -7,6 +7,7 @@ import torch
 from flax import nnx
 
 import kdjax
+import kdjax.export
 from kdjax.errors import ConfigError
 from kdjax.export import api, cli, graphs
 from kdjax.finetune.model import KWSDownstream, SVDownstream
@@ -174,3 +175,8 @@ def test_unsupported_config_fails_naming_it():
         graphs.build(encoder)
     with pytest.raises(ConfigError, match="dtype='bfloat16'"):
         graphs.build(init_encoder(encoder.config.replace(dtype="bfloat16")))
+
+
+def test_measure_reports_int8_size_and_latency(folders):
+    report = kdjax.export.measure(folders["hubert_base_like"], repeats=2)
+    assert 0 < report["int8_mb"] < report["float_mb"] and report["ms_per_s"] > 0
