@@ -39,8 +39,15 @@ def conv_output_lengths(config: EncoderConfig, input_lengths: jax.Array) -> jax.
 
 def frame_mask_from_attention_mask(config: EncoderConfig, attention_mask: jax.Array, num_frames: int) -> jax.Array:
     """Bool [B, num_frames] mask of valid frames for a right-padded sample-level attention mask."""
-    lengths = conv_output_lengths(config, jnp.sum(attention_mask.astype(jnp.int32), axis=-1))
-    return jnp.arange(num_frames)[None, :] < lengths[:, None]
+    # Frame t is valid iff the last sample of its receptive field is, i.e. t * frame_stride + receptive_field <= length
+    # (the same as t < conv_output_lengths(length)): a strided slice of the mask, with neither an integer division nor
+    # an iota, so that the graph exports with a symbolic length (ONNX / LiteRT).
+    mask = jax.lax.slice_in_dim(attention_mask, config.receptive_field - 1, attention_mask.shape[1],
+                                config.frame_stride, axis=1) > 0
+    static = isinstance(mask.shape[1], int) and isinstance(num_frames, int)  # symbolic sizes agree by construction
+    if static and mask.shape[1] != num_frames:  # a caller's longer or shorter frame axis
+        mask = jnp.pad(mask, ((0, 0), (0, max(num_frames - mask.shape[1], 0))))[:, :num_frames]
+    return mask
 
 
 def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:

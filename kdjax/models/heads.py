@@ -125,7 +125,9 @@ class TDNNLayer(nnx.Module):
             return mask
         span = (self.kernel - 1) * self.dilation
         t_out = mask.shape[1] - span
-        return jnp.stack([mask[:, j * self.dilation: j * self.dilation + t_out] for j in range(self.kernel)]).all(0)
+        # lax.slice, not indexing: with a symbolic length (export) indexing would become a gather.
+        return jnp.stack([jax.lax.slice_in_dim(mask, j * self.dilation, j * self.dilation + t_out, axis=1)
+                          for j in range(self.kernel)]).all(0)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         """([B, T, Din], [B, T]) -> ([B, T', Dout], [B, T'])."""

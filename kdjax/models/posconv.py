@@ -17,8 +17,8 @@ from kdjax.models.activations import ACTIVATIONS
 from kdjax.models.config import EncoderConfig
 
 
-def _grouped_conv(x: jax.Array, w: jax.Array, groups: int) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, w, window_strides=(1,), padding="VALID",
+def _grouped_conv(x: jax.Array, w: jax.Array, groups: int, padding: tuple[int, int] = (0, 0)) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, window_strides=(1,), padding=(padding,),
                                         dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
 
 
@@ -42,21 +42,22 @@ def _weight_grad(x: jax.Array, dy: jax.Array, kernel: int, groups: int) -> jax.A
     return grads.reshape(kernel, channels_in, channels_out).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def grouped_conv_cpu(x: jax.Array, w: jax.Array, groups: int) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def grouped_conv_cpu(x: jax.Array, w: jax.Array, groups: int, padding: tuple[int, int] = (0, 0)) -> jax.Array:
     """Same value as the native grouped conv; its weight gradient is computed with `_weight_grad`."""
-    return _grouped_conv(x, w, groups)
+    return _grouped_conv(x, w, groups, padding)
 
 
-def _fwd(x, w, groups):
-    return _grouped_conv(x, w, groups), (x, w)
+def _fwd(x, w, groups, padding):
+    return _grouped_conv(x, w, groups, padding), (x, w)
 
 
-def _bwd(groups, residuals, dy):
+def _bwd(groups, padding, residuals, dy):
     x, w = residuals
-    _, input_vjp = jax.vjp(lambda x_: _grouped_conv(x_, w, groups), x)
+    _, input_vjp = jax.vjp(lambda x_: _grouped_conv(x_, w, groups, padding), x)
     (dx,) = input_vjp(dy)
-    return dx, _weight_grad(x, dy, w.shape[0], groups).reshape(w.shape)
+    xp = jnp.pad(x, ((0, 0), padding, (0, 0)))
+    return dx, _weight_grad(xp, dy, w.shape[0], groups).reshape(w.shape)
 
 
 grouped_conv_cpu.defvjp(_fwd, _bwd)
@@ -85,12 +86,13 @@ class PositionalConv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         pad = self.kernel // 2
-        xp = jnp.pad(x, ((0, 0), (pad, pad), (0, 0)))
+        # "same" padding of an even kernel yields one frame too many and HF drops the last: padding one frame less
+        # on the right is the same, and padding inside the conv keeps the graph free of a pad and of a slice of
+        # symbolic length (export with a dynamic length).
+        padding = (pad, pad - 1 + self.kernel % 2)
         impl = self.impl
         if impl == "auto":
             impl = "einsum" if jax.default_backend() == "cpu" else "conv"
         conv = grouped_conv_cpu if impl == "einsum" else _grouped_conv
-        y = conv(xp, self.weight().astype(self.dtype), self.groups) + self.bias[...].astype(self.dtype)
-        if self.kernel % 2 == 0:  # "same" padding of an even kernel yields one frame too many; HF drops the last
-            y = y[:, :-1]
+        y = conv(x, self.weight().astype(self.dtype), self.groups, padding) + self.bias[...].astype(self.dtype)
         return self.activation(y)
