@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from common import distill_setup, median_time
+from common import distill_setup, median_time, torch_distill_step
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -55,45 +55,6 @@ def kdjax_step(args, x: np.ndarray, mask: np.ndarray):
     return run, flops
 
 
-def torch_step(args, x: np.ndarray, mask: np.ndarray):
-    """The same step in PyTorch: transformers HubertModel teacher/student, s3prl-style heads, AdamW."""
-    import torch
-    import transformers
-
-    base = transformers.HubertConfig()  # hubert-base-ls960 shapes
-    teacher = transformers.HubertModel(base).eval()
-    s_conf = transformers.HubertConfig(num_hidden_layers=2, feat_proj_layer_norm=False, feat_proj_dropout=0.0,
-                                       layerdrop=0.0, mask_time_prob=0.0)
-    student = transformers.HubertModel(s_conf).train()
-    n, d = 3, 768
-    expand = torch.nn.Linear(d, d * n)
-    split_w = torch.nn.Parameter(torch.empty(n, d, d).uniform_(-d ** -0.5, d ** -0.5))
-    split_b = torch.nn.Parameter(torch.empty(n, d).uniform_(-d ** -0.5, d ** -0.5))
-    params = list(student.parameters()) + list(expand.parameters()) + [split_w, split_b]
-    opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-6)
-    xt, mt = torch.from_numpy(x), torch.from_numpy(mask).long()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-
-    def run():
-        with torch.no_grad():
-            hs = teacher(xt, attention_mask=mt, output_hidden_states=True).hidden_states
-            target = torch.stack([hs[i] for i in (4, 8, 12)], 1)  # B x N x T x D
-        h = student(xt, attention_mask=mt).last_hidden_state
-        b, t, _ = h.shape
-        z = torch.nn.functional.gelu(expand(h)).reshape(b, t, n, 1, d)
-        pred = (torch.einsum("btnim,nmo->btnio", z, split_w).squeeze(3) + split_b).permute(0, 2, 1, 3)
-        rec = (pred - target).abs().mean()
-        sim = -torch.nn.functional.logsigmoid(torch.nn.functional.cosine_similarity(pred, target, dim=-1)).mean()
-        loss = rec + sim
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-
-    return run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
@@ -124,7 +85,11 @@ def main() -> None:
         return
     import torch
 
-    run_torch = torch_step(args, x, mask)
+    from kdjax.distill.student import student_config
+    from kdjax.models.config import preset
+
+    t_cfg = preset("facebook/hubert-base-ls960", mask_time_prob=0.0)  # the same step in PyTorch (transformers)
+    run_torch = torch_distill_step(t_cfg, student_config(t_cfg, {"init": "random"}), x, mask)
     t_torch = median_time(run_torch, args.repeats)
     print(f"PyTorch step: {t_torch:.3f} s  {audio / t_torch:6.2f} audio-s/s  MFU {flops / t_torch / peak:.1%}  "
           f"({torch.get_num_threads()} threads)")
