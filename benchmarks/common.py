@@ -1,4 +1,5 @@
-"""Pieces the benchmark scripts share: a median timer and a randomly initialised distillation step."""
+"""Pieces the benchmark scripts share: a median timer, random kdjax set-ups (distillation step, SV fine-tuning step)
+and the same work in PyTorch (transformers' HubertModel), imported only when called."""
 from __future__ import annotations
 
 import statistics
@@ -183,7 +184,7 @@ def _torch_xvector(d_in: int, hidden: int = 512, widths=(512, 512, 512, 512, 150
 
 def torch_sv_step(cfg, x, speakers, num_speakers: int, device: str = "cpu", dtype: str = "float32",
                   compile_backend: str | None = None, width: int = 512, embed_dim: int = 512):
-    """A no-argument callable: SV fine-tuning step on a frozen HubertModel (weighted layer sum, x-vector, AAM, AdamW)."""
+    """A no-argument callable: SV fine-tuning on a frozen HubertModel (weighted layer sum, x-vector, AAM, AdamW)."""
     import math
 
     import torch

@@ -32,6 +32,7 @@ ROOT = os.path.dirname(HERE)
 WORKS = ("distill", "encoder", "sv")
 SAMPLE_RATE = 16000
 NUM_SPEAKERS = 1251  # VoxCeleb1's training speakers (SUPERB SV)
+GRACE_S = 30  # a child still running this long after its deadline is stopped
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
@@ -59,8 +60,11 @@ def plan(args) -> list[dict]:
                     if impl != "kdjax" and args.skip_torch or impl == "torch.compile" and args.skip_compile:
                         continue
                     rows.append(dict(work=work, dtype=dtype, batch=batch, impl=impl))
-    # PyTorch eager rows (the goal's reference) before the slow-to-compile torch.compile rows.
-    return sorted(rows, key=lambda r: r["impl"] == "torch.compile")
+    # Every work and dtype at the largest batch first, then the smaller batches; PyTorch eager rows (the goal's
+    # reference) before the slow-to-compile torch.compile rows.
+    top = max(args.batches)
+    return sorted(rows, key=lambda r: (r["impl"] == "torch.compile", r["batch"] != top, -r["batch"],
+                                       args.dtypes.index(r["dtype"]), args.works.index(r["work"])))
 
 
 def random_batch(batch: int, seconds: float, num_speakers: int, seed: int = 0):
@@ -257,8 +261,8 @@ def table(records: list[dict], args) -> str:
         t, f = r["step_s"], flops.get(key(r))
         mfu = f / t / peak if f and peak else None
         ratio = t / eager[key(r)] if eager.get(key(r)) else None
-        lines.append(f"{lead} {t * 1e3:9.2f} {r['batch'] * args.seconds / t:10.1f} "
-                     f"{_fmt(mfu and 100 * mfu, '5.1f'):>5s}% {_fmt(r.get('memory') and r['memory'] / 1e9, '7.3f'):>7s} "
+        memory, mfu = _fmt(r.get("memory") and r["memory"] / 1e9, "7.3f"), _fmt(mfu and 100 * mfu, "5.1f")
+        lines.append(f"{lead} {t * 1e3:9.2f} {r['batch'] * args.seconds / t:10.1f} {mfu:>5s}% {memory:>7s} "
                      f"{r['compile_s']:7.1f} {_fmt(ratio, '6.2f'):>6s}")
     return "\n".join(lines)
 
@@ -272,7 +276,8 @@ def parse(argv=None):
     p.add_argument("--dtypes", type=lambda s: s.split(","), default=["bfloat16", "float32"])
     p.add_argument("--works", type=lambda s: s.split(","), default=list(WORKS), help=f"subset of {WORKS}")
     p.add_argument("--steps", type=int, default=None, help="timed steps a row (default 10; --tiny 2)")
-    p.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run (rows past it are skipped)")
+    p.add_argument("--budget", type=float, default=420.0,
+                   help=f"seconds for the whole run: rows not started by then are skipped (+{GRACE_S} s hard stop)")
     p.add_argument("--torch_share", type=float, default=0.45, help="fraction of the budget left to PyTorch")
     p.add_argument("--compile_backend", default=None, help="torch.compile backend (default inductor; --tiny eager)")
     p.add_argument("--remat", action="store_true", help="remat the student's transformer layers")
@@ -320,8 +325,8 @@ def main(argv=None) -> int:
             deadline = start + share * args.budget
             cmd = [sys.executable, os.path.abspath(__file__), f"--child={name}", f"--rows={json.dumps(mine)}",
                    f"--deadline={deadline}", f"--out={out}", *flags]
-            try:  # a hard stop a minute past the deadline: a hung row loses only the rows after it
-                code = subprocess.run(cmd, env=env, timeout=max(deadline - time.time(), 0) + 60).returncode
+            try:  # a hard stop shortly past the deadline: a row that runs over loses only itself and later rows
+                code = subprocess.run(cmd, env=env, timeout=max(deadline - time.time(), 0) + GRACE_S).returncode
             except subprocess.TimeoutExpired:
                 code = "timeout"
             got = [json.loads(line) for line in open(out)] if os.path.exists(out) else []
