@@ -3,6 +3,7 @@ to layer 12, 2-layer 768-d student forward/backward, prediction heads for layers
 
 Run: .venv/bin/python benchmarks/distill_step.py [--batch 4] [--seconds 2] [--repeats 5]
                                                   [--teacher_dtype bfloat16] [--feature_grad_mult 0.1] [--remat]
+                                                  [--feat_conv native|matmul]
      XLA_FLAGS=--xla_cpu_use_thunk_runtime=false .venv/bin/python benchmarks/distill_step.py   # XLA flag trials
 Prints the median of `repeats` timed steps after warm-up for each side, audio-seconds per second, the ratio, and the
 model FLOPs utilisation against this CPU's matmul peak (measured here with a large float32 jnp matmul). Model FLOPs
@@ -63,11 +64,16 @@ def main() -> None:
     parser.add_argument("--teacher_dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--feature_grad_mult", type=float, default=0.1)
     parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--feat_conv", default="native", choices=["native", "matmul"],
+                        help="backward pass of the conv stack (kdjax.models.featconv.IMPL)")
     parser.add_argument("--skip_torch", action="store_true")
     args = parser.parse_args()
 
     import jax
 
+    from kdjax.models import featconv
+
+    featconv.IMPL = args.feat_conv
     samples = int(args.seconds * 16000)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, samples)).astype(np.float32)
@@ -80,7 +86,7 @@ def main() -> None:
     print(f"device: {jax.devices()[0].device_kind}, matmul peak {peak / 1e9:.0f} GFLOP/s (f32, jnp 2048^2)")
     print(f"kdjax   step: {t_jax:.3f} s  {audio / t_jax:6.2f} audio-s/s  "
           f"{flops / 1e9:.0f} GFLOP  MFU {flops / t_jax / peak:.1%}  (teacher {args.teacher_dtype}, "
-          f"feature_grad_mult {args.feature_grad_mult}, remat {args.remat})")
+          f"feature_grad_mult {args.feature_grad_mult}, remat {args.remat}, feat_conv {args.feat_conv})")
     if args.skip_torch:
         return
     import torch
