@@ -4,6 +4,7 @@ to layer 12, 2-layer 768-d student forward/backward, prediction heads for layers
 Run: .venv/bin/python benchmarks/distill_step.py [--batch 4] [--seconds 2] [--repeats 5]
                                                   [--teacher_dtype bfloat16] [--feature_grad_mult 0.1] [--remat]
                                                   [--teacher wavlm]   # WavLM-base+ teacher, 2-layer WavLM student
+                                                  [--feat_conv native|matmul]
      XLA_FLAGS=--xla_cpu_use_thunk_runtime=false .venv/bin/python benchmarks/distill_step.py   # XLA flag trials
 Prints the median of `repeats` timed steps after warm-up for each side, audio-seconds per second, the ratio, and the
 model FLOPs utilisation against this CPU's matmul peak (measured here with a large float32 jnp matmul). Model FLOPs
@@ -15,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from common import distill_setup, median_time
+from common import distill_setup, median_time, torch_distill_step
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -29,19 +30,28 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / t
 
 
+def configs(args, teacher_dtype: str):
+    """(teacher, student) EncoderConfigs of the benchmarked step: HuBERT-base -> 2-layer HuBERT, or WavLM-base+ ->
+    2-layer WavLM."""
+    from kdjax.distill.student import student_config
+    from kdjax.models.config import preset
+
+    wavlm = args.teacher == "wavlm"
+    t_cfg = preset("microsoft/wavlm-base-plus" if wavlm else "facebook/hubert-base-ls960", dtype=teacher_dtype,
+                   mask_time_prob=0.0)
+    student = {"model_type": "wavlm", "feat_proj_layer_norm": True} if wavlm else {}
+    return t_cfg, student_config(t_cfg, {"remat": args.remat, "init": "random", **student})
+
+
 def kdjax_step(args, x: np.ndarray, mask: np.ndarray):
     """(step function, its compiled FLOPs) for the kdjax distillation step."""
     import jax
 
     from kdjax.distill.losses import LossConfig
-    from kdjax.distill.student import student_config
-    from kdjax.models.config import preset
+    from kdjax.models import featconv
 
-    wavlm = args.teacher == "wavlm"
-    t_cfg = preset("microsoft/wavlm-base-plus" if wavlm else "facebook/hubert-base-ls960", dtype=args.teacher_dtype,
-                   mask_time_prob=0.0)
-    student = {"model_type": "wavlm", "feat_proj_layer_norm": True} if wavlm else {}
-    s_cfg = student_config(t_cfg, {"remat": args.remat, "init": "random", **student})
+    featconv.IMPL = args.feat_conv
+    t_cfg, s_cfg = configs(args, args.teacher_dtype)
     state, teacher, train_step = distill_setup(t_cfg, s_cfg, LossConfig(), args.feature_grad_mult)
     step = jax.jit(train_step)
     batch = {"input_values": jax.numpy.asarray(x), "attention_mask": jax.numpy.asarray(mask)}
@@ -59,50 +69,6 @@ def kdjax_step(args, x: np.ndarray, mask: np.ndarray):
     return run, flops
 
 
-def torch_step(args, x: np.ndarray, mask: np.ndarray):
-    """The same step in PyTorch: transformers HubertModel (or WavLMModel) teacher/student, s3prl-style heads, AdamW."""
-    import torch
-    import transformers
-
-    if args.teacher == "wavlm":  # WavLMConfig() has wavlm-base(-plus) shapes
-        teacher = transformers.WavLMModel(transformers.WavLMConfig()).eval()
-        student = transformers.WavLMModel(transformers.WavLMConfig(
-            num_hidden_layers=2, feat_proj_dropout=0.0, layerdrop=0.0, mask_time_prob=0.0)).train()
-    else:
-        base = transformers.HubertConfig()  # hubert-base-ls960 shapes
-        teacher = transformers.HubertModel(base).eval()
-        s_conf = transformers.HubertConfig(num_hidden_layers=2, feat_proj_layer_norm=False, feat_proj_dropout=0.0,
-                                           layerdrop=0.0, mask_time_prob=0.0)
-        student = transformers.HubertModel(s_conf).train()
-    n, d = 3, 768
-    expand = torch.nn.Linear(d, d * n)
-    split_w = torch.nn.Parameter(torch.empty(n, d, d).uniform_(-d ** -0.5, d ** -0.5))
-    split_b = torch.nn.Parameter(torch.empty(n, d).uniform_(-d ** -0.5, d ** -0.5))
-    params = list(student.parameters()) + list(expand.parameters()) + [split_w, split_b]
-    opt = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-6)
-    xt, mt = torch.from_numpy(x), torch.from_numpy(mask).long()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-
-    def run():
-        with torch.no_grad():
-            hs = teacher(xt, attention_mask=mt, output_hidden_states=True).hidden_states
-            target = torch.stack([hs[i] for i in (4, 8, 12)], 1)  # B x N x T x D
-        h = student(xt, attention_mask=mt).last_hidden_state
-        b, t, _ = h.shape
-        z = torch.nn.functional.gelu(expand(h)).reshape(b, t, n, 1, d)
-        pred = (torch.einsum("btnim,nmo->btnio", z, split_w).squeeze(3) + split_b).permute(0, 2, 1, 3)
-        rec = (pred - target).abs().mean()
-        sim = -torch.nn.functional.logsigmoid(torch.nn.functional.cosine_similarity(pred, target, dim=-1)).mean()
-        loss = rec + sim
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-
-    return run
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
@@ -111,6 +77,8 @@ def main() -> None:
     parser.add_argument("--teacher_dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--feature_grad_mult", type=float, default=0.1)
     parser.add_argument("--remat", action="store_true")
+    parser.add_argument("--feat_conv", default="native", choices=["native", "matmul"],
+                        help="backward pass of the conv stack (kdjax.models.featconv.IMPL)")
     parser.add_argument("--skip_torch", action="store_true")
     parser.add_argument("--teacher", default="hubert", choices=["hubert", "wavlm"],
                         help="hubert: HuBERT-base teacher, HuBERT student; wavlm: WavLM-base+ teacher, WavLM student")
@@ -118,6 +86,9 @@ def main() -> None:
 
     import jax
 
+    from kdjax.models import featconv
+
+    featconv.IMPL = args.feat_conv
     samples = int(args.seconds * 16000)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((args.batch, samples)).astype(np.float32)
@@ -130,12 +101,13 @@ def main() -> None:
     print(f"device: {jax.devices()[0].device_kind}, matmul peak {peak / 1e9:.0f} GFLOP/s (f32, jnp 2048^2)")
     print(f"kdjax   step: {t_jax:.3f} s  {audio / t_jax:6.2f} audio-s/s  "
           f"{flops / 1e9:.0f} GFLOP  MFU {flops / t_jax / peak:.1%}  ({args.teacher} teacher {args.teacher_dtype}, "
-          f"feature_grad_mult {args.feature_grad_mult}, remat {args.remat})")
+          f"feature_grad_mult {args.feature_grad_mult}, remat {args.remat}, feat_conv {args.feat_conv})")
     if args.skip_torch:
         return
     import torch
 
-    run_torch = torch_step(args, x, mask)
+    t_cfg, s_cfg = configs(args, "float32")  # the same step in PyTorch (transformers), float32 weights
+    run_torch = torch_distill_step(t_cfg, s_cfg, x, mask)
     t_torch = median_time(run_torch, args.repeats)
     print(f"PyTorch step: {t_torch:.3f} s  {audio / t_torch:6.2f} audio-s/s  MFU {flops / t_torch / peak:.1%}  "
           f"({torch.get_num_threads()} threads)")

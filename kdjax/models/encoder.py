@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kdjax.errors import ConfigError
-from kdjax.models import posconv, relpos
+from kdjax.models import featconv, posconv, relpos
 from kdjax.models.activations import ACTIVATIONS as _ACT
 from kdjax.models.config import EncoderConfig
 
@@ -82,7 +82,7 @@ class ConvLayer(nnx.Module):
         self.activation = _ACT[config.feat_extract_activation]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.conv(x)
+        x = featconv.apply(self.conv, x)  # self.conv(x), unless featconv.IMPL selects another backward pass
         if self.norm_kind:
             x = self.norm(x)
         return self.activation(x)

@@ -29,18 +29,28 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import ml_collections
 import optax
 
 from kdjax.errors import ConfigError
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """The optimizer fields every config carries under `config.optim`."""
-    return ml_collections.ConfigDict(dict(
-        name="adamw", lr=2e-4, schedule="linear", warmup_frac=0.07, warmup_steps=-1, b1=0.9, b2=0.98, eps=1e-6,
-        weight_decay=1e-6, no_decay=(), clip_norm=5.0, accum_steps=1, groups=ml_collections.ConfigDict(),
-    ))
+class Fields(dict):
+    """A dict with attribute access: default_config() where ml_collections is absent (the accelerator images), since
+    make_optimizer reads its config only through attributes and .get."""
+
+    __getattr__ = dict.__getitem__
+    __setattr__ = dict.__setitem__
+
+
+def default_config() -> Any:
+    """The optimizer fields every config carries under `config.optim` (an ml_collections.ConfigDict)."""
+    fields = dict(name="adamw", lr=2e-4, schedule="linear", warmup_frac=0.07, warmup_steps=-1, b1=0.9, b2=0.98,
+                  eps=1e-6, weight_decay=1e-6, no_decay=(), clip_norm=5.0, accum_steps=1)
+    try:
+        import ml_collections
+    except ImportError:
+        return Fields(fields, groups={})
+    return ml_collections.ConfigDict(dict(fields, groups=ml_collections.ConfigDict()))
 
 
 def make_schedule(cfg: Any, total_updates: int, lr: float | None = None) -> optax.Schedule:

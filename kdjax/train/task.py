@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, Mapping
 
 import jax
-import ml_collections
 
 from kdjax.train.optim import Optimizer
 from kdjax.train.state import TrainState
@@ -53,7 +52,7 @@ class Task:
     best_mode: str = "max"
     optimizer: Optimizer
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: Any):
         self.config = config
 
     def init(self, rng: jax.Array) -> TrainState:
@@ -69,7 +68,7 @@ class Task:
         """The pure training step the loop jits: kdjax.train.step's skeleton around `loss` (not overridden)."""
         return make_train_step(self.loss, self.optimizer)(state, batch, teacher)
 
-    def config_defaults(self) -> ml_collections.ConfigDict | None:
+    def config_defaults(self) -> Any:
         return None
 
     def teacher(self) -> Any:

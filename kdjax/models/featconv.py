@@ -1,0 +1,78 @@
+"""The feature encoder's strided convolutions with an optional matmul formulation of their backward pass.
+
+A VALID conv of kernel K and stride s (K <= 2s, as every wav2vec 2.0 / HuBERT conv layer) reads, for output frame t,
+block t (s frames) and the first K - s frames of block t + 1 of its input. Its weight gradient is then two matmuls
+of those blocks with the output gradient, and its input gradient two matmuls of the output gradient with the kernel
+taps, folded back into blocks. `IMPL = "matmul"` computes the backward pass so (the forward stays XLA's native conv);
+"native" (the default) lets XLA differentiate its conv. Measured on a 2-core CPU, the matmul form was not faster
+(docs/performance.md), so it stays an opt-in for re-measurement on other machines.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kdjax.errors import ConfigError
+
+IMPL = "native"  # "native" | "matmul" (module-level switch read at trace time; not part of EncoderConfig)
+
+
+def _native(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, (stride,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"))
+
+
+def _blocks(x: jax.Array, kernel: int, stride: int) -> tuple[jax.Array, int, int]:
+    """Input [B, T, C] as blocks [B, nb, stride*C] (zero-padded at the end when needed), frames out, nb."""
+    batch, frames, channels = x.shape
+    out = (frames - kernel) // stride + 1
+    nb = out + (1 if kernel > stride else 0)
+    need = nb * stride
+    x = jnp.pad(x, ((0, 0), (0, need - frames), (0, 0))) if need > frames else x[:, :need]
+    return x.reshape(batch, nb, stride * channels), out, nb
+
+
+def conv_backward(x: jax.Array, w: jax.Array, dy: jax.Array, stride: int) -> tuple[jax.Array, jax.Array]:
+    """(d input, d kernel) of `_native(x, w, stride)` for the output gradient dy, as matmuls over blocks."""
+    kernel, c_in, c_out = w.shape
+    if kernel > 2 * stride:
+        raise ValueError(f"conv_backward: kernel {kernel} > 2 x stride {stride} is not supported")
+    batch, frames, _ = x.shape
+    blk, out, nb = _blocks(x, kernel, stride)
+    head = min(kernel, stride)  # taps read from block t; the rest from block t + 1
+    dy2 = dy.reshape(batch * out, c_out)
+    dw = (blk[:, :out, :head * c_in].reshape(batch * out, head * c_in).T @ dy2).reshape(head, c_in, c_out)
+    dblk = jnp.pad((dy2 @ w[:head].reshape(head * c_in, c_out).T).reshape(batch, out, head * c_in),
+                   ((0, 0), (0, nb - out), (0, (stride - head) * c_in)))
+    if kernel > stride:
+        tail = kernel - stride
+        dw_tail = blk[:, 1:, :tail * c_in].reshape(batch * out, tail * c_in).T @ dy2
+        dw = jnp.concatenate([dw, dw_tail.reshape(tail, c_in, c_out)], 0)
+        dtail = (dy2 @ w[stride:].reshape(tail * c_in, c_out).T).reshape(batch, out, tail * c_in)
+        dblk = dblk + jnp.pad(dtail, ((0, 0), (1, 0), (0, (2 * stride - kernel) * c_in)))
+    dx = dblk.reshape(batch, nb * stride, c_in)
+    dx = dx[:, :frames] if nb * stride >= frames else jnp.pad(dx, ((0, 0), (0, frames - nb * stride), (0, 0)))
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def strided_conv_mm(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """The native strided conv; its backward pass is `conv_backward`."""
+    return _native(x, w, stride)
+
+
+strided_conv_mm.defvjp(lambda x, w, stride: (_native(x, w, stride), (x, w)),
+                       lambda stride, res, dy: conv_backward(res[0], res[1], dy, stride))
+
+
+def apply(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv(x)` for a VALID, undilated nnx.Conv over [B, T, C], with the backward pass of `IMPL`."""
+    if IMPL == "native":
+        return conv(x)
+    if IMPL != "matmul":
+        raise ConfigError(f"kdjax.models.featconv.IMPL={IMPL!r}: expected 'native' or 'matmul'")
+    dtype = conv.dtype or x.dtype
+    y = strided_conv_mm(x.astype(dtype), conv.kernel[...].astype(dtype), int(conv.strides[0]))
+    return y if conv.bias is None else y + conv.bias[...].astype(dtype)
