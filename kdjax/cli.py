@@ -1,4 +1,4 @@
-"""The `kdjax` console script: thin wrappers over the library (demo, prepare, train, report, convert, cache-features)."""
+"""The `kdjax` console script: thin wrappers over the library (demo, prepare, train, report, convert, cache-features, export)."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,12 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _cache_features(args: argparse.Namespace) -> int:
     from kdjax.finetune.cache import cli
+
+    return cli.run(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from kdjax.export import cli
 
     return cli.run(args)
 
@@ -83,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache-features", help="fill a frozen-feature cache ahead of a frozen run (docs/cache.md)")
     cache_arguments(p)
     p.set_defaults(fn=_cache_features)
+
+    from kdjax.export.cli import add_arguments as export_arguments
+
+    p = sub.add_parser("export", help="export an encoder or a KWS/SV model to ONNX or LiteRT, float32 or int8")
+    export_arguments(p)
+    p.set_defaults(fn=_export)
 
     p = sub.add_parser("train", help="run a config (same as python -m kdjax.main)")
     p.add_argument("--config", required=True, help="configs/x.py[:variant]")

@@ -39,7 +39,6 @@ def load_finetune_run(workdir: str | os.PathLike):
     checkpoints/ written by kdjax.train.checkpoint.Checkpointer holding a TrainState whose params + extra["stats"]
     merge into a FineTuneModel.
     """
-    import functools
 
     import jax
     import ml_collections
@@ -56,7 +55,7 @@ def load_finetune_run(workdir: str | os.PathLike):
     if config.get("task") != "finetune":
         raise CheckpointError(f"{workdir}: config.task={config.get('task')!r}: expected a 'finetune' run")
     task = registry.make_task(config)
-    abstract = jax.eval_shape(functools.partial(task.init, config), jax.random.PRNGKey(0))
+    abstract = jax.eval_shape(task.init, jax.random.PRNGKey(0))
     ckpt = Checkpointer(str(workdir / "checkpoints"), save_every=0, keep=10**6)  # read only: no retention
     try:
         step = (results.get("best") or {}).get("step") or ckpt.latest_step()

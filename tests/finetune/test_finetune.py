@@ -108,6 +108,22 @@ def test_multitask_run_writes_test_metrics_the_report_reads(tiny_encoder, tiny_d
     assert saved["model"]["name"] == "tiny" and saved["encoder"] == "finetuned" and saved["task"] == "multitask"
     table = build_report([str(tmp_path / "mt")], str(tmp_path / "report"))
     assert (tmp_path / "report" / "report.md").exists() and table
+    # kdjax export reads the run back (its best state) and gets the same test accuracy
+    import jax.numpy as jnp
+
+    from kdjax.data import pipeline
+    from kdjax.export.source import load_finetune_run
+
+    encoder, kws, sv = load_finetune_run(tmp_path / "mt")
+    assert sv is not None
+    hits, count = 0, 0
+    for b in pipeline.eval_batches(pipeline.load_source("synthetic_speech/kws_tiny", "test", tiny_data_dir),
+                                   batch_size=8, max_samples=16000, pad_to=16000):
+        out = encoder(jnp.asarray(b["input_values"]), jnp.asarray(b["attention_mask"]), output_hidden_states=True)
+        pred = np.asarray(jnp.argmax(kws(out.hidden_states, out.frame_mask), -1))
+        hits += int(np.sum((pred == b["label"]) & b["valid"]))
+        count += int(np.sum(b["valid"]))
+    assert hits / count == saved["metrics"]["kws/test/accuracy"]
 
 
 def test_resume_mid_finetuning_gives_the_same_final_metrics(tiny_encoder, tiny_data_dir, tmp_path):
