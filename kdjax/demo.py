@@ -244,6 +244,18 @@ def run_demo(workdir: str, *, full: bool = False, size: str = "default", pretrai
     return stages.run("5/5 report", _report, workdir, run_dirs, encoders, stages, start)
 
 
+def _edge(student_dir: str, jax_ms_per_s: float) -> dict[str, Any] | None:
+    """The student's int8 ONNX size and latency (kdjax.export.measure), when the export extra is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("jax2onnx") is None or importlib.util.find_spec("onnxruntime") is None:
+        print("edge export: skipped (pip install 'kdjax[export]' for the int8 size and latency)")
+        return None
+    from kdjax.export import measure
+
+    return {**measure(student_dir), "jax_ms_per_s": jax_ms_per_s}
+
+
 def _report(workdir: str, run_dirs: list[str], encoders: dict[str, str], stages: _Stages,
             start: float) -> dict[str, Any]:
     from kdjax.eval.report import build_report
@@ -259,6 +271,16 @@ def _report(workdir: str, run_dirs: list[str], encoders: dict[str, str], stages:
             json.dump(results, f)
         os.replace(path + ".tmp", path)
     table = build_report(run_dirs, workdir)
+    edge = _edge(encoders["student"], speed["student"])
+    if edge is not None:
+        table["edge"] = edge
+        with open(os.path.join(workdir, "report.md"), "a") as f:
+            f.write(f"\nOn device: the student's encoder as dynamic-int8 ONNX is {edge['int8_mb']:.2f} MB (float32 "
+                    f"{edge['float_mb']:.2f} MB) and takes {edge['ms_per_s']:.1f} ms per second of audio at batch 1 "
+                    f"with onnxruntime on {edge['threads']} thread(s); jax.jit float32 at batch 4 takes "
+                    f"{edge['jax_ms_per_s']:.1f} ms (this machine; `kdjax export`, docs/export.md).\n")
+        with open(os.path.join(workdir, "edge.json"), "w") as f:
+            json.dump(edge, f, indent=2)
     print((open(os.path.join(workdir, "report.md")).read()))
     timings = {**stages.timings, "total": time.time() - start}
     lines = ["| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]

@@ -57,6 +57,8 @@ def test_tiny_demo_runs_every_stage_from_the_wheel(installed, tmp_path):
     assert (workdir / "report.json").exists() and list(workdir.glob("*.png"))
     timings = json.loads((workdir / "timings.json").read_text())
     assert set(timings) >= {"1/5 prepare the synthetic corpus", "3/5 distil a 1-layer student", "total"}
+    edge = json.loads((workdir / "edge.json").read_text())  # the exported student's int8 size and latency
+    assert 0 < edge["int8_mb"] < edge["float_mb"] and edge["ms_per_s"] > 0 and "int8 ONNX" in report
     # a second run (in-process, from the checkout) reuses every finished stage
     again = demo.run_demo(str(workdir), size="tiny", pretrain=True)
     assert len(again["rows"]) == len(json.loads((workdir / "report.json").read_text())["rows"]) > 0
