@@ -127,23 +127,24 @@ def kdjax_row(row: dict, args) -> dict:
     cfg = base.replace(dtype=row["dtype"])
     x, mask, speakers = random_batch(row["batch"], args.seconds, num_speakers=sv["num_speakers"])
     batch = jax.device_put({"input_values": x, "attention_mask": mask, "speaker": speakers})
+    extra = ()  # the distillation step's frozen teacher: an argument, never donated (as in kdjax's loop)
     if row["work"] == "encoder":
         graphdef, params = nnx.split(Encoder(cfg, rngs=nnx.Rngs(0)))
         fn = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b["input_values"]).last_hidden_state)
         state, donate = params, False
     elif row["work"] == "distill":
         s_cfg = student_config(cfg, {"init": "random", "dtype": row["dtype"], "remat": args.remat})
-        state, step = distill_setup(cfg, s_cfg, LossConfig(target_layers=targets))
-        fn, donate = jax.jit(step, donate_argnums=0), True
+        state, teacher, step = distill_setup(cfg, s_cfg, LossConfig(target_layers=targets))
+        fn, donate, extra = jax.jit(step, donate_argnums=0), True, (jax.device_put(teacher),)
     else:
         state, step = sv_setup(cfg, **sv)
         fn, donate = jax.jit(step, donate_argnums=0), True
     start = time.perf_counter()
-    compiled = fn.lower(state, batch).compile()
+    compiled = fn.lower(state, batch, *extra).compile()
     flops, memory = _flops(compiled), _memory(compiled)
 
     def call(state):
-        out = compiled(state, batch)
+        out = compiled(state, batch, *extra)
         return out[0] if donate else state, out
 
     state, out = call(state)  # warm-up
