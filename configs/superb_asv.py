@@ -94,6 +94,7 @@ def get_config(arg=None):
         normalize=False,  # [hubert] task_cfg.normalize is False for the base models: raw waveform in
         gain_db=0.0,  # the -3 dB gain is applied at prepare time by voxceleb1/superb (before silence trimming)
         kws_weight=1.0, sv_weight=1.0,
+        cache="", cache_dtype="float32", cache_layers="all", sv_train_max_seconds=0.0,  # kdjax's feature cache, off
         eval_batch_size=1,  # [sv/config] datarc.eval_batch_size
         labels=None,
         # kdjax's one-stage option (distillation + task loss in one run), off: SUPERB trains downstream heads only

@@ -30,7 +30,8 @@ def test_wavlm_base_and_base_plus_share_one_architecture():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["microsoft/wavlm-base-plus", "microsoft/wavlm-large"])
+@pytest.mark.parametrize("name", ["microsoft/wavlm-base-plus",
+                                  pytest.param("microsoft/wavlm-large", marks=pytest.mark.heavy)])
 def test_published_wavlm_config_matches_transformers(name):
     config = preset(name, scan_layers=True)  # one compiled layer: the 24-layer compile would dominate the test
     fields = {k: v for k, v in config.to_hf().items() if k not in ("model_type", "architectures")}
