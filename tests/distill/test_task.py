@@ -10,11 +10,12 @@ from kdjax.train.loop import train_and_evaluate
 from tests.hf_utils import save_tiny
 
 
-def _config(arg, teacher, data_dir):
+def _config(arg, teacher, data_dir, name="distill_tiny"):
+    """configs/<name>.py:<arg> with the tests' teacher and data_dir."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "distill_tiny.py")
-    spec = importlib.util.spec_from_file_location("distill_tiny_config", path)
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(arg)

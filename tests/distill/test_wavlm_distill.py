@@ -1,7 +1,4 @@
 """Distillation from a WavLM teacher: configs/distill_wavlm_base_plus.py through the training loop on a tiny teacher."""
-import importlib.util
-import os
-
 import numpy as np
 import pytest
 from flax import nnx
@@ -10,18 +7,12 @@ import kdjax
 from kdjax.distill import student as student_lib
 from kdjax.errors import ConfigError
 from kdjax.train.loop import train_and_evaluate
+from tests.distill.test_task import _config as task_config
 from tests.models import wavlm_utils
 
 
 def _config(arg, teacher, data_dir):
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "distill_wavlm_base_plus.py")
-    spec = importlib.util.spec_from_file_location("distill_wavlm_base_plus_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
-    config.distill.teacher = str(teacher)
-    config.distill.data_dir = data_dir
-    return config
+    return task_config(arg, teacher, data_dir, name="distill_wavlm_base_plus")
 
 
 @pytest.fixture(scope="module")
