@@ -76,7 +76,7 @@ def test_eval_batches_cover_all_in_order(tiny_data_dir):
 def test_labels_metadata_trials(tiny_data_dir):
     assert pipeline.label_names(KWS, tiny_data_dir)[-2:] == ["_unknown_", "_silence_"]
     meta = pipeline.metadata("synthetic_speech/sv_tiny", tiny_data_dir)
-    assert meta["num_train_speakers"] == 6 and meta["config"]["num_speakers"] == 10
+    assert meta["num_train_speakers"] == 6 and meta["config"]["num_speakers"] == 12  # 2 validation, 4 test
     trials = pipeline.load_trials("synthetic_speech/sv_tiny", tiny_data_dir)
     assert len(trials) == 24 and sum(t for t, _, _ in trials) == 12
     test_ids = set(pipeline.utterance_ids(pipeline.load_source("synthetic_speech/sv_tiny", "test", tiny_data_dir)))

@@ -51,3 +51,39 @@ def test_parallel_generation_matches_serial(tiny_data_dir, tmp_path):
         b = pipeline.load_source("synthetic_speech/kws_tiny", split, tiny_data_dir)
         rows = lambda s: sorted((e["id"], int(e["label"]), int(e["speaker"])) for e in (s[i] for i in range(len(s))))  # noqa: E731
         assert rows(a) == rows(b)
+
+
+def test_kws_evaluation_splits_are_class_balanced_and_sv_has_validation_speakers():
+    import collections
+    import dataclasses
+
+    from kdjax.data import synth
+    from kdjax.data.builders import synthetic_speech as ss
+
+    cfg = next(c for c in ss._configs() if c.name == "kws")
+    cfg = dataclasses.replace(cfg, num_speakers=60, validation_per_class=7, test_per_class=11)
+    jobs = ss._kws_jobs(cfg, synth.make_speakers(cfg.num_speakers, cfg.seed, cfg.difficulty))
+    for split, per_class in (("validation", 7), ("test", 11)):
+        counts = collections.Counter(j.label for j in jobs[split])
+        assert counts == {label: per_class for label in range(12)}, (split, counts)
+        per_speaker = collections.Counter(j.speaker_index for j in jobs[split]).values()
+        assert max(per_speaker) - min(per_speaker) <= 12  # spread over the split's speakers, not piled on one
+    train = collections.Counter(j.label for j in jobs["train"])
+    assert train[10] == 4 * train[0]  # training keeps SUPERB's unknown-heavy mix (4 unknown clips per keyword)
+    assert len({j.key for s in jobs.values() for j in s}) == sum(len(s) for s in jobs.values())
+    speakers = {s: {j.speaker_index for j in jobs[s]} for s in jobs}
+    assert not speakers["train"] & (speakers["test"] | speakers["validation"])
+
+    cfg = next(c for c in ss._configs() if c.name == "sv")
+    jobs = ss._sv_jobs(cfg, synth.make_speakers(cfg.num_speakers, cfg.seed, cfg.difficulty))
+    n_train = cfg.num_speakers - cfg.test_speakers - cfg.validation_speakers
+    assert {j.speaker_index for j in jobs["train"]} == set(range(n_train))  # labels 0..n_train-1
+    assert len({j.speaker_index for j in jobs["validation"]}) == cfg.validation_speakers == 30
+    assert len({j.speaker_index for j in jobs["test"]}) == cfg.test_speakers >= 100 and cfg.num_trials >= 20_000
+
+
+def test_sv_tiny_has_validation_trials(tiny_data_dir):
+    trials = pipeline.load_trials("synthetic_speech/sv_tiny", tiny_data_dir, trial_list="validation")
+    meta = pipeline.metadata("synthetic_speech/sv_tiny", tiny_data_dir)
+    assert meta["trials"] == {"test": "test", "validation": "validation"} and meta["num_train_speakers"] == 6
+    assert len(trials) == 12 and {t for t, _, _ in trials} == {0, 1}

@@ -8,11 +8,17 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as _tfds_shuffle
 
 from kdjax.errors import AudioError, DatasetError
 from kdjax.data.audio import SAMPLE_RATE
 
 log = logging.getLogger("kdjax.data")
+
+# TFDS shuffles a split in memory up to this many serialised bytes and past it spills to buckets written with
+# tf.io.gfile, which needs TensorFlow (kdjax does not install it): raise the in-memory limit from TFDS's 1 GB (about
+# 1 h of audio as serialised int16) so that corpora of several hours prepare without TensorFlow.
+_tfds_shuffle.MAX_MEM_BUFFER_SIZE = max(_tfds_shuffle.MAX_MEM_BUFFER_SIZE, 12 << 30)
 
 
 def features(labels: list[str] | None = None, text: bool = False) -> tfds.features.FeaturesDict:
