@@ -1,6 +1,9 @@
-"""HuBERT pre-training (iteration 1) as a training-loop task: masked prediction of k-means ids of MFCC frames.
+"""HuBERT pre-training as a training-loop task: masked prediction of k-means ids of frame features.
 
-Used offline to make small teachers (the demo's teacher comes from configs/pretrain_tiny_hubert.py). The k-means
+Iteration 1 clusters MFCC frames; iteration 2 (`config.pretrain.target_encoder` = an HF folder) clusters the hidden
+states of layer `target_layer` of an earlier model, as HuBERT does, and `init_encoder` may warm-start the encoder from
+it (HuBERT trains each iteration from scratch; the warm start is kdjax's choice to save compute on small machines).
+Used offline to make small teachers (the demo's teacher comes from kdjax/pretrain/tiny_hubert_config.py). The k-means
 model is fitted on the first `kmeans_utterances` training clips when the task is built (deterministic, seconds), and
 targets are computed inside the jitted step from the cropped batch itself, so they always align with the frames.
 Config fields under `config.pretrain` and `config.model` (EncoderConfig fields): see the config file.
@@ -56,6 +59,8 @@ class HubertPretraining(Task):
             raise ConfigError("config.model.mask_time_prob must be > 0: masked prediction needs masked frames")
         self.max_samples = int(cfg.max_seconds * SAMPLE_RATE)
         self.optimizer = optim.make_optimizer(config.optim, config.total_steps)
+        self.target = self._target_encoder()
+        self.warm_start = self._warm_start_params()
         self.kmeans = self._fit_kmeans()
         self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: self._model(nnx.Rngs(0))))
 
@@ -69,28 +74,64 @@ class HubertPretraining(Task):
         return defaults
 
     # ---- targets ------------------------------------------------------------------------------------------------
-    def _features(self, audio: jax.Array) -> jax.Array:
+    def _target_encoder(self):
+        """The frozen earlier model whose layer is clustered (iteration 2), or None (MFCC targets)."""
+        if not self.cfg.get("target_encoder"):
+            return None
+        from kdjax.distill.teacher import Teacher
+
+        target = Teacher.load(self.cfg.target_encoder)
+        ec, tc = self.encoder_config, target.config
+        if (tc.conv_kernel, tc.conv_stride) != (ec.conv_kernel, ec.conv_stride):
+            raise ConfigError(f"config.pretrain.target_encoder={self.cfg.target_encoder!r}: its frames (conv kernel "
+                              f"{tc.conv_kernel}, stride {tc.conv_stride}) differ from config.model's "
+                              f"({ec.conv_kernel}, {ec.conv_stride}); targets need one label per encoder frame")
+        if not 0 <= int(self.cfg.target_layer) <= tc.num_hidden_layers:
+            raise ConfigError(f"config.pretrain.target_layer={self.cfg.target_layer}: expected 0..{tc.num_hidden_layers}"
+                              f" (hidden states of {self.cfg.target_encoder})")
+        return target
+
+    def teacher(self):
+        """The target encoder of iteration 2 (placed on the devices once by the loop), else None."""
+        return self.target
+
+    def _features(self, audio: jax.Array, attention_mask: jax.Array | None = None,
+                  target_params: Any = None) -> jax.Array:
+        if self.target is not None:
+            params = self.target.params if target_params is None else target_params
+            return self.target.targets(params, audio, attention_mask, (int(self.cfg.target_layer),))[0]
         ec = self.encoder_config
         window = ec.receptive_field
-        return mfcc(audio, window=window, hop=ec.frame_stride, n_fft=max(512, 1 << (window - 1).bit_length()))
+        feats = mfcc(audio, window=window, hop=ec.frame_stride, n_fft=max(512, 1 << (window - 1).bit_length()))
+        if self.cfg.get("mfcc_cmn", False):  # per-clip cepstral mean normalisation: channel and voice offsets out
+            from kdjax.models.encoder import frame_mask_from_attention_mask
+
+            mask = (jnp.ones(feats.shape[:2], bool) if attention_mask is None else
+                    frame_mask_from_attention_mask(ec, attention_mask, feats.shape[1]))
+            w = mask[..., None].astype(feats.dtype)
+            feats = feats - jnp.sum(feats * w, 1, keepdims=True) / jnp.maximum(jnp.sum(w, 1, keepdims=True), 1.0)
+        return feats
 
     def _fit_kmeans(self) -> KMeansModel:
         source = pipeline.load_source(self.cfg.dataset, "train", self.cfg.data_dir)
         count = min(int(self.cfg.kmeans_utterances), len(source))
         frames = []
+        features = jax.jit(self._features)
         for batch in pipeline.eval_batches([source[i] for i in range(count)], batch_size=16,
                                            max_samples=self.max_samples):
-            feats = np.asarray(self._features(jnp.asarray(batch["input_values"])))
+            feats = np.asarray(features(jnp.asarray(batch["input_values"]), jnp.asarray(batch["attention_mask"])))
             valid = _valid_frames(self.encoder_config, batch["attention_mask"], feats.shape[1])
             frames.append(feats[valid & batch["valid"][:, None]])
         frames = np.concatenate(frames)
-        logging.info("k-means: %d clusters on %d MFCC frames of %d utterances", self.cfg.num_clusters, len(frames),
+        what = (f"layer {self.cfg.target_layer} frames of {self.cfg.target_encoder}" if self.target is not None
+                else "MFCC frames")
+        logging.info("k-means: %d clusters on %d %s of %d utterances", self.cfg.num_clusters, len(frames), what,
                      count)
         return fit_kmeans(frames, int(self.cfg.num_clusters), iterations=int(self.cfg.kmeans_iterations),
                           seed=int(self.config.seed))
 
-    def _targets(self, audio: jax.Array) -> jax.Array:
-        return self.kmeans.assign(self._features(audio))
+    def _targets(self, audio: jax.Array, attention_mask: jax.Array, target_params: Any) -> jax.Array:
+        return self.kmeans.assign(self._features(audio, attention_mask, target_params))
 
     # ---- the Task protocol --------------------------------------------------------------------------------------
     def _model(self, rngs: nnx.Rngs) -> HubertPretrainer:
@@ -100,11 +141,27 @@ class HubertPretraining(Task):
     def init(self, rng: jax.Array) -> TrainState:
         """Random encoder, projection and cluster embeddings; optimizer state."""
         params = nnx.state(self._model(nnx.Rngs(params=jax.random.fold_in(rng, 0))), nnx.Param)
+        if self.warm_start is not None:
+            params["encoder"] = jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), self.warm_start,
+                                             params["encoder"])
         return TrainState.create(params, self.optimizer.tx.init(params), rng)
+
+    def _warm_start_params(self) -> Any:
+        """Host params of `init_encoder` (an HF folder of config.model's architecture), or None."""
+        if not self.cfg.get("init_encoder"):
+            return None
+        from kdjax.models.hf import load_state
+
+        config, _, loaded = load_state(self.cfg.init_encoder)
+        if config.to_hf() != self.encoder_config.to_hf():
+            differ = sorted(k for k, v in self.encoder_config.to_hf().items() if config.to_hf().get(k) != v)
+            raise ConfigError(f"config.pretrain.init_encoder={self.cfg.init_encoder!r}: its architecture differs "
+                              f"from config.model in {differ}")
+        return loaded
 
     def loss(self, params: Any, state: TrainState, batch: dict, teacher: Any) -> tuple[jax.Array, tuple]:
         """Masked prediction of the batch's k-means ids."""
-        targets = self._targets(batch["input_values"])
+        targets = self._targets(batch["input_values"], batch["attention_mask"], teacher)
         model = nnx.merge(self.graphdef, params)
         loss, metrics = masked_prediction_loss(model, batch["input_values"], batch["attention_mask"], targets,
                                                state.step_key())
@@ -115,7 +172,8 @@ class HubertPretraining(Task):
         model = nnx.merge(self.graphdef, state.params)
         # A fixed key: the same frames are masked at every evaluation, so the numbers are comparable over time.
         _, metrics = masked_prediction_loss(model, batch["input_values"], batch["attention_mask"],
-                                            self._targets(batch["input_values"]), jax.random.key(0),
+                                            self._targets(batch["input_values"], batch["attention_mask"], teacher),
+                                            jax.random.key(0),
                                             deterministic=True)
         weight = jnp.sum(batch["valid"].astype(jnp.float32))
         return {"loss": metrics["loss"] * weight, "masked_accuracy": metrics["masked_accuracy"] * weight,

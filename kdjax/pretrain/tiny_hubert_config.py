@@ -10,7 +10,9 @@ Launch (the exact command; add `--config.field=value` overrides at the end):
 (configs/pretrain_tiny_hubert.py points here: the recipe is packaged so that `kdjax demo --pretrain` works from a
 wheel.)
 
-Variant args (comma separated after the colon): `runlocal` (a few steps on the `unlabeled_tiny` corpus with a
+Variant args (comma separated after the colon): `iteration2=DIR` (HuBERT iteration 2: k-means on layer
+`target_layer` of the iteration-1 encoder in DIR, warm-started from it, on the larger `unlabeled_large` corpus; this
+is how the shipped teacher was made, see kdjax/assets/teacher_tiny_hubert/PROVENANCE.md), `runlocal` (a few steps on the `unlabeled_tiny` corpus with a
 smaller model, for tests), `steps=N`.
 """
 import ml_collections
@@ -47,9 +49,17 @@ def get_config(arg=None):
     config.optim.clip_norm = 10.0
     config.model = teacher_model()
     config.pretrain = ml_collections.ConfigDict(dict(
-        dataset="synthetic_speech/unlabeled", data_dir=None, max_seconds=3.0, num_clusters=100,
+        dataset="synthetic_speech/unlabeled", data_dir=ml_collections.FieldReference(None, field_type=str), max_seconds=3.0, num_clusters=100,
         kmeans_utterances=600, kmeans_iterations=100, proj_dim=128, temperature=0.1, eval_utterances=64,
-        export_dir="teacher_hf"))
+        export_dir="teacher_hf", mfcc_cmn=False,  # True: MFCC targets with per-clip cepstral mean normalisation
+        # iteration 2: cluster layer `target_layer` of this HF encoder instead of MFCCs; warm start from `init_encoder`
+        target_encoder="", target_layer=6, init_encoder=""))
+    if "iteration2" in args:
+        iteration1 = args["iteration2"]
+        config.total_steps = int(args.get("steps", 1200))
+        config.optim.lr = 3e-4
+        config.pretrain.update(dataset="synthetic_speech/unlabeled_large", num_clusters=250, kmeans_utterances=800,
+                               target_encoder=iteration1, init_encoder=iteration1)
     if "runlocal" in args:
         config.total_steps = int(args.get("steps", 6))
         config.batch_size = 8  # divisible by the 8 CPU devices the tests force
