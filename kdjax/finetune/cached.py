@@ -33,7 +33,7 @@ def check(cfg: Any, one_stage_on: bool) -> None:
                           "encoder changes every step, so its features cannot be cached")
     unsupported = {"gain_db": (cfg.gain_db, 0.0), "kws_sampling": (cfg.kws_sampling, "uniform"),
                    "kws_dev": (cfg.kws_dev, "plain"), "sv_eval": (cfg.sv_eval, "padded"),
-                   "sv_select": (cfg.sv_select, "final"), "sv_min_seconds": (cfg.sv_min_seconds, 0.0)}
+                   "sv_min_seconds": (cfg.sv_min_seconds, 0.0)}
     for field, (value, default) in unsupported.items():
         if value != default:
             raise ConfigError(f"config.finetune.cache is not implemented with config.finetune.{field}={value!r} "
@@ -44,7 +44,8 @@ class FeatureCaches:
     """The opened caches of one run, by (stream, split), and the batches made from them."""
 
     def __init__(self, cfg: Any, encoder_dir: str, streams: tuple[str, ...], samples: dict[str, int],
-                 overrides: dict):
+                 overrides: dict, sv_eval_split: str | None = None):
+        """`sv_eval_split`: the SV split scored during training (checkpoint selection), cached like the test split."""
         from kdjax.models import hf
 
         mode = "multitask" if len(streams) == 2 else streams[0]
@@ -54,6 +55,10 @@ class FeatureCaches:
                                     sv_train_max_seconds=cfg.sv_train_max_seconds, layers=cfg.cache_layers,
                                     dtype=cfg.cache_dtype, data_dir=cfg.data_dir)
         specs = [dataclasses.replace(s, normalize=bool(cfg.normalize)) for s in specs]
+        if sv_eval_split and sv_eval_split != "test" and "sv" in streams:
+            specs.append(dataclasses.replace(next(s for s in specs if s.kind == "frames" and s.split == "test"),
+                                             split=sv_eval_split))
+        self.sv_eval_split = sv_eval_split
         encoder = hf.from_pretrained(encoder_dir, **overrides)  # once, for every split
         self.caches = {}
         for spec in specs:
@@ -76,6 +81,13 @@ class FeatureCaches:
     def validation_batches(self, global_batch_size: int) -> Iterator[dict]:
         """This process's KWS validation batches (pooled)."""
         return cache_lib.process_eval_batches(self.caches["kws", "validation"], global_batch_size=global_batch_size)
+
+    def sv_eval_batches(self, global_batch_size: int) -> Iterator[dict]:
+        """This process's batches of the SV split scored during training, padded to its longest utterance (one
+        shape, one compilation)."""
+        cache = self.caches["sv", self.sv_eval_split]
+        longest = max(cache[i]["x"].shape[1] for i in range(len(cache)))
+        return cache_lib.process_eval_batches(cache, global_batch_size=global_batch_size, frames_to=longest)
 
     def test_batches(self, stream: str, batch_size: int) -> Iterator[dict]:
         """Every test example, in order, with "valid" and "index" as pipeline.eval_batches."""

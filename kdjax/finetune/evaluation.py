@@ -62,6 +62,15 @@ def sv_scores(cfg: Any, split: str, list_name: str, index: np.ndarray, embedding
     return eval_metrics.cosine_scores(table, rows)
 
 
+def trial_speakers(cfg: Any, split: str, list_name: str) -> np.ndarray:
+    """[N, 2] speaker index of both sides of every trial (for the speaker-level bootstrap of kdjax.eval.intervals)."""
+    source = pipeline.load_source(cfg.sv_dataset, split, cfg.data_dir)
+    ids = pipeline.utterance_ids(source)
+    rows = trials.to_indices(pipeline.load_trials(cfg.sv_dataset, cfg.data_dir, trial_list=list_name),
+                             {utt: i for i, utt in enumerate(ids)}, list_name)
+    return sampling.example_values(source, "speaker")[rows[:, 1:]]
+
+
 def kws_test(logits_fn: Callable, cfg: Any, max_samples: int, caches: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(logits [N, C], labels [N]) over the KWS test split; logits_fn(batch) -> logits of a padded batch."""
     if caches is not None:
@@ -100,8 +109,11 @@ def test_metrics(streams: tuple[str, ...], logits_fn: Callable, embed_fn: Callab
         out["metrics"]["kws/test/accuracy"] = eval_metrics.accuracy(logits, labels)
         out["confusion_matrix"] = eval_metrics.confusion_matrix(labels, logits, len(label_names)).tolist()
         out["class_names"] = label_names
+        out["kws_predictions"] = {"predictions": np.argmax(logits, -1).tolist(), "labels": labels.tolist()}
     if "sv" in streams:
         scores, labels = sv_test(jax.jit(embed_fn), cfg, caches)
         out["metrics"].update({f"sv/test/{k}": v for k, v in eval_metrics.sv_metrics(scores, labels).items()})
-        out["sv_scores"] = {"scores": scores.tolist(), "labels": labels.tolist()}
+        name, split = trial_list(cfg, "test")
+        out["sv_scores"] = {"scores": scores.tolist(), "labels": labels.tolist(),
+                            "speakers": trial_speakers(cfg, split, name).tolist()}
     return out

@@ -115,8 +115,6 @@ class FineTune(Task):
             self.one_stage.check(self.encoder_config)
         self.samples = {"kws": int(cfg.kws_seconds * SAMPLE_RATE), "sv": int(cfg.sv_seconds * SAMPLE_RATE)}
         self._dev_indices = None
-        self.caches = (cached.FeatureCaches(cfg, self.encoder_dir, self.streams, self.samples,
-                                            self.encoder_overrides) if cfg.cache else None)
         self.label_names = pipeline.label_names(cfg.kws_dataset, cfg.data_dir) if "kws" in self.streams else None
         if self.label_names is not None:
             _check_labels(cfg, self.label_names)
@@ -125,6 +123,10 @@ class FineTune(Task):
         self.sv_select = cfg.sv_select if "sv" in self.streams else "final"
         self._sv_eval = (evaluation.trial_list(cfg, "test" if self.sv_select == "best_test" else "validation")
                          if self.sv_select != "final" else None)  # (trial list, split) scored during training
+        self.caches = (cached.FeatureCaches(cfg, self.encoder_dir, self.streams, self.samples,
+                                            self.encoder_overrides,
+                                            self._sv_eval[1] if self._sv_eval is not None else None)
+                       if cfg.cache else None)
         if "kws" in self.streams:
             self.best_metric, self.best_mode = "kws/validation/accuracy", "max"
         elif self._sv_eval is not None:
@@ -311,7 +313,9 @@ class FineTune(Task):
             out["kws"] = pipeline.process_eval_batches(source, global_batch_size=self.config.batch_size,
                                                        max_samples=self.samples["kws"], indices=indices,
                                                        crop_seed=crop_seed, **evaluation.preprocessing(cfg))
-        if self._sv_eval is not None:
+        if self._sv_eval is not None and self.caches is not None:
+            out["sv"] = self.caches.sv_eval_batches(int(cfg.eval_batch_size))
+        elif self._sv_eval is not None:
             out["sv"] = evaluation.sv_batches(cfg, self._sv_eval[1], in_loop=True)
         return out or None
 

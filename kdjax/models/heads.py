@@ -31,15 +31,15 @@ def _stack(hidden_states: Sequence[jax.Array] | jax.Array) -> jax.Array:
 
 
 class Featurizer(nnx.Module):
-    """SUPERB featurizer: softmax-weighted sum of all hidden states ("weighted_sum") or the last one ("last").
+    """SUPERB featurizer: softmax-weighted sum of all hidden states ("weighted_sum"), the last one ("last"), or the
+    one at index N ("layer=N", as s3prl's --upstream_layer_selection; 0 is the input of the first layer).
 
     `layer_norm=True` normalises each hidden state over features (no affine) before the sum; SUPERB's runner leaves
     this off unless `--upstream_feature_normalize` is given, so the default is False.
     """
 
     def __init__(self, num_layers: int, *, mode: str = "weighted_sum", layer_norm: bool = False):
-        if mode not in ("weighted_sum", "last"):
-            raise ConfigError(f"Featurizer mode={mode!r}: expected 'weighted_sum' or 'last'")
+        self.layer = _selected_layer(mode, num_layers)
         self.num_layers, self.mode, self.layer_norm = num_layers, mode, layer_norm
         # Zeros -> uniform softmax at the start, as SUPERB.
         self.weights = nnx.Param(jnp.zeros((num_layers,), jnp.float32)) if mode == "weighted_sum" else None
@@ -51,11 +51,24 @@ class Featurizer(nnx.Module):
             raise ConfigError(f"Featurizer got {hs.shape[0]} hidden states, expected num_layers={self.num_layers}")
         if self.mode == "last":
             return hs[-1]
+        if self.layer is not None:
+            return hs[self.layer]
         if self.layer_norm:
             mean = hs.mean(-1, keepdims=True)
             hs = (hs - mean) * jax.lax.rsqrt(jnp.square(hs - mean).mean(-1, keepdims=True) + _EPS)
         w = jax.nn.softmax(self.weights[...]).astype(hs.dtype)
         return jnp.einsum("l,lbtd->btd", w, hs)
+
+
+def _selected_layer(mode: str, num_layers: int) -> int | None:
+    """N of a "layer=N" featurizer mode (checked against num_layers), None for the other modes."""
+    if mode in ("weighted_sum", "last"):
+        return None
+    name, _, index = mode.partition("=")
+    if name != "layer" or not index.strip().isdigit() or not 0 <= int(index) < num_layers:
+        raise ConfigError(f"Featurizer mode={mode!r}: expected 'weighted_sum', 'last' or 'layer=N' with N in "
+                          f"0..{num_layers - 1} (hidden states of the encoder)")
+    return int(index)
 
 
 # ----------------------------------------------------------------------------------------------------- pooling

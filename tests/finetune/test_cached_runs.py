@@ -8,12 +8,17 @@ from kdjax.train.loop import train_and_evaluate
 from tests.finetune.test_finetune import _config, tiny_encoder  # noqa: F401  (the module's fixture)
 
 
-@pytest.mark.parametrize("mode", ["kws", "sv"])
-def test_cached_run_equals_uncached(mode, tiny_encoder, tiny_data_dir, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("mode,sv_select", [("kws", "final"), ("sv", "validation")])
+def test_cached_run_equals_uncached(mode, sv_select, tiny_encoder, tiny_data_dir, tmp_path):  # noqa: F811
     runs = {}
     for name, cache in (("uncached", ""), ("cached", str(tmp_path / "cache"))):
         config = _config(mode, "steps=4", tiny_encoder, tiny_data_dir)
         config.finetune.update(cache=cache, sv_seconds=4.0)  # SV crops covering every utterance: exactly equal
+        # SV keeps the checkpoint with the best EER on the validation speakers' trials, scored from their cache
+        config.finetune.update(sv_select=sv_select, sv_dev_trials="validation" if mode == "sv" else "")
+        # 2 s: the uncached in-loop scoring pads every 1-2 s sv_tiny utterance to this, as the cache pads each to
+        # whole seconds (a GroupNorm feature encoder sees the padding, so the two agree only at equal lengths)
+        config.finetune.sv_eval_max_seconds = 2.0
         config.eval_every = 2
         runs[name] = train_and_evaluate(config, str(tmp_path / name))
     a, b = runs["uncached"], runs["cached"]
@@ -23,6 +28,9 @@ def test_cached_run_equals_uncached(mode, tiny_encoder, tiny_data_dir, tmp_path)
         np.testing.assert_allclose(b["export"]["metrics"][metric], value, atol=1e-5, err_msg=metric)
     if mode == "kws":
         assert b["eval"]["kws/validation/accuracy"] == a["eval"]["kws/validation/accuracy"]
+    else:
+        np.testing.assert_allclose(b["eval"]["sv/validation/eer"], a["eval"]["sv/validation/eer"], atol=1e-6)
+        assert 0.0 <= b["eval"]["sv/validation/eer"] <= 1.0
 
 
 def test_cache_needs_a_frozen_two_stage_run(tiny_encoder, tiny_data_dir, tmp_path):  # noqa: F811

@@ -44,6 +44,10 @@ def test_featurizer_matches_numpy(layer_norm):
         f(jnp.asarray(hs[:3]))
     with pytest.raises(ConfigError, match="mode='mean'"):
         H.Featurizer(4, mode="mean")
+    np.testing.assert_allclose(H.Featurizer(4, mode="layer=2")(jnp.asarray(hs)), hs[2])
+    assert H.Featurizer(4, mode="layer=2").weights is None  # nothing to train
+    with pytest.raises(ConfigError, match=r"mode='layer=4'.*N in 0..3"):
+        H.Featurizer(4, mode="layer=4")
 
 
 # ----------------------------------------------------------------------------------------------------- pooling
