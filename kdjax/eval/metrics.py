@@ -86,23 +86,32 @@ def _check_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
     return s, l
 
 
-def det_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(P_fa, P_miss, thresholds) at every distinct threshold, from accept-all up to reject-all (threshold +inf)."""
+def det_curve(scores: np.ndarray, labels: np.ndarray,
+              weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P_fa, P_miss, thresholds) at every distinct threshold, from accept-all up to reject-all (threshold +inf).
+
+    `weights` counts each trial that many times (a bootstrap resample's multiplicities); default one each.
+    """
     s, l = _check_scores(scores, labels)
+    w = np.ones_like(s) if weights is None else np.asarray(weights, np.float64).ravel()
+    if w.shape != s.shape:
+        raise DatasetError(f"{w.size} weights for {s.size} scores")
     order = np.argsort(s, kind="mergesort")
-    s, l = s[order], l[order]
+    s, l, w = s[order], l[order], w[order]
     thresholds, first = np.unique(s, return_index=True)
-    tar_below = np.concatenate([[0], np.cumsum(l)])[first]  # targets scored strictly below each threshold
-    non_below = np.concatenate([[0], np.cumsum(~l)])[first]
-    n_tar, n_non = l.sum(), (~l).sum()
+    tar_below = np.concatenate([[0], np.cumsum(w * l)])[first]  # target weight scored strictly below each threshold
+    non_below = np.concatenate([[0], np.cumsum(w * ~l)])[first]
+    n_tar, n_non = (w * l).sum(), (w * ~l).sum()
+    if n_tar <= 0 or n_non <= 0:
+        raise DatasetError("SV metrics need both target and non-target trials (of non-zero weight)")
     p_miss = np.append(tar_below / n_tar, 1.0)
     p_fa = np.append((n_non - non_below) / n_non, 0.0)
     return p_fa, p_miss, np.append(thresholds, np.inf)
 
 
-def eer(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+def eer(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
     """(equal error rate, threshold): P_miss = P_fa, interpolated linearly between the two DET points around it."""
-    p_fa, p_miss, thr = det_curve(scores, labels)
+    p_fa, p_miss, thr = det_curve(scores, labels, weights)
     i = int(np.argmax(p_miss >= p_fa))  # first point at or past the crossing; i >= 1 since the first is (1, 0)
     d0, d1 = p_miss[i - 1] - p_fa[i - 1], p_miss[i] - p_fa[i]
     alpha = -d0 / (d1 - d0)

@@ -16,20 +16,41 @@ from kdjax.eval import metrics  # noqa: E402
 _PROBIT = np.vectorize(NormalDist().inv_cdf)
 
 
-def training_curves(history: list[dict[str, Any]], title: str, path: str, max_panels: int = 12) -> str:
-    """One panel per numeric metric of the history against step; returns the path written."""
-    keys = sorted({k for h in history for k, v in h.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})[:max_panels]
-    cols = min(3, max(1, len(keys)))
-    rows = max(1, math.ceil(len(keys) / cols))
+_CURVE_METRICS = ("loss", "accuracy", "masked_accuracy", "eer")  # what a reader judges a run by; not lr or speed
+
+
+def _curve_panels(history: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{panel title: {"train" | "validation" | "test": [(step, value)]}} for the metrics worth plotting."""
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for h in history:
+        for key, value in h.items():
+            parts = key.split("/")
+            if parts[-1] not in _CURVE_METRICS or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            split = next((p for p in ("validation", "test") if p in parts[:-1]), "train")
+            stream = [p for p in parts[:-1] if p not in ("validation", "test", "train", "eval")]
+            title = " ".join(stream + [parts[-1]])
+            panels.setdefault(title, {}).setdefault(split, []).append((h["step"], value))
+    return dict(sorted(panels.items()))
+
+
+def training_curves(history: list[dict[str, Any]], title: str, path: str, max_panels: int = 6) -> str:
+    """Training and validation curves of the run's losses, accuracies and EERs (one panel per quantity, train and
+    validation together); returns the path written."""
+    panels = list(_curve_panels(history).items())[:max_panels]
+    cols = min(3, max(1, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        pts = sorted((h["step"], h[key]) for h in history if isinstance(h.get(key), (int, float)))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="." if len(pts) < 30 else None)
-        ax.set_title(key, fontsize=9)
+    for ax, (name, splits) in zip(axes.flat, panels):
+        for split, pts in splits.items():
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=split,
+                    marker="." if len(pts) < 30 else None)
+        ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()

@@ -2,6 +2,9 @@
 
 Metric values in results.json are fractions (0.97, not 97 %); the table shows accuracy and EER in percent and the
 degradation of each non-teacher run against its teacher in percentage points (positive = worse than the teacher).
+Where a run keeps its per-clip KWS predictions and its SV trial speakers, each figure gets a 95% bootstrap interval
+(kdjax.eval.intervals: over clips for KWS, over speakers for SV) and each degradation a paired one; a degradation
+whose interval holds 0 is marked "(noise)": the test set cannot tell the two runs apart.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ KWS_ACC, SV_EER = "kws/test/accuracy", "sv/test/eer"
 SV_DCF = ("sv/test/mindcf_0.01", "sv/test/mindcf_0.05")
 TASKS = ("kws", "sv", "multitask", "distill")
 ENCODERS = ("frozen", "finetuned")
-ROLES = ("teacher", "student", "baseline")
+ROLES = ("teacher", "student", "baseline", "reference")  # reference: a classic method, no encoder (MFCC rows)
 
 
 class ModelInfo(TypedDict, total=False):
@@ -33,14 +36,23 @@ class ModelInfo(TypedDict, total=False):
     name: str
     params: int
     size_mb: float
-    role: Literal["teacher", "student", "baseline"]
+    role: Literal["teacher", "student", "baseline", "reference"]
     teacher: str
 
 
-class SVScores(TypedDict):
-    """Scores of the SV test trials and their labels (1 target, 0 non-target)."""
+class SVScores(TypedDict, total=False):
+    """Scores of the SV test trials and their labels (1 target, 0 non-target); optionally the speaker index of both
+    sides of each trial ([N, 2]), for the speaker-level bootstrap interval."""
 
     scores: list[float]
+    labels: list[int]
+    speakers: list[list[int]]
+
+
+class KWSPredictions(TypedDict):
+    """Predicted and true class of every KWS test clip, for the bootstrap interval."""
+
+    predictions: list[int]
     labels: list[int]
 
 
@@ -62,6 +74,7 @@ class Results(TypedDict, total=False):
     confusion_matrix: list[list[int]]
     class_names: list[str]
     sv_scores: SVScores
+    kws_predictions: KWSPredictions
 
 
 def model_info(name: str, path: str, params: int, **fields: str) -> ModelInfo:
@@ -123,6 +136,45 @@ def _teacher_for(run: Results, runs: list[Results], metric: str) -> Results | No
     return max(cands, key=key, default=None)
 
 
+def _kws_correct(run: Results) -> np.ndarray | None:
+    p = run.get("kws_predictions")
+    if not isinstance(p, dict) or len(p.get("predictions", [])) != len(p.get("labels", [])) or not p.get("labels"):
+        return None
+    return np.asarray(p["predictions"]) == np.asarray(p["labels"])
+
+
+def _sv_trials(run: Results) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    s = run.get("sv_scores")
+    if not isinstance(s, dict) or not s.get("speakers") or len(s["speakers"]) != len(s.get("scores", [])):
+        return None
+    return np.asarray(s["scores"], np.float64), np.asarray(s["labels"]).astype(bool), np.asarray(s["speakers"])
+
+
+def _intervals(row: dict[str, Any], run: Results, teacher: dict[str, Results | None]) -> None:
+    """95% intervals of the run's metrics and paired intervals of its degradations (in pp), where the data is kept."""
+    from kdjax.eval import intervals
+
+    correct = _kws_correct(run)
+    if correct is not None:
+        row["kws_accuracy_ci"] = list(intervals.accuracy_interval(correct))
+        t = teacher.get(KWS_ACC)
+        other = _kws_correct(t) if t is not None else None
+        if other is not None and other.shape == correct.shape and (
+                run["kws_predictions"]["labels"] == t["kws_predictions"]["labels"]):
+            lo, hi = intervals.accuracy_interval(other, other=correct)  # teacher - run: positive = worse
+            row["kws_degradation_ci"] = [100.0 * lo, 100.0 * hi]
+    trials = _sv_trials(run)
+    if trials is not None:
+        scores, labels, speakers = trials
+        row["sv_eer_ci"] = list(intervals.eer_interval(scores, labels, speakers))
+        t = teacher.get(SV_EER)
+        theirs = _sv_trials(t) if t is not None else None
+        if theirs is not None and theirs[0].shape == scores.shape and np.array_equal(theirs[1], labels) and (
+                np.array_equal(theirs[2], speakers)):
+            lo, hi = intervals.eer_interval(scores, labels, speakers, other_scores=theirs[0])  # run - teacher
+            row["sv_eer_degradation_ci"] = [100.0 * lo, 100.0 * hi]
+
+
 def build_table(runs: list[Results]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row a run (the JSON table) plus notes on what was missing."""
     rows, notes = [], []
@@ -140,15 +192,17 @@ def build_table(runs: list[Results]) -> tuple[list[dict[str, Any]], list[str]]:
         for key in wanted:
             if key not in metrics:
                 notes.append(f"{run['name']}: no {key!r} in metrics")
+        teachers: dict[str, Results | None] = {}
         for metric, col, sign in ((KWS_ACC, "kws_degradation_pp", -1), (SV_EER, "sv_eer_degradation_pp", 1)):
             if role == "teacher" or metric not in metrics:
                 continue
-            teacher = _teacher_for(run, runs, metric)
+            teacher = teachers[metric] = _teacher_for(run, runs, metric)
             if teacher is None:
                 notes.append(f"{run['name']}: no teacher run with {metric!r} to compare with")
                 continue
             row[col] = 100.0 * sign * (metrics[metric] - teacher["metrics"][metric])
             row[col.replace("_pp", "_vs")] = teacher["name"]
+        _intervals(row, run, teachers)
         rows.append(row)
     return rows, notes
 
@@ -157,22 +211,38 @@ def _fmt(v: Any, spec: str) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def _with_ci(value: float | None, ci: list[float] | None, spec: str, scale: float = 1.0) -> str:
+    text = _fmt(None if value is None else scale * value, spec)
+    if value is None or not ci:
+        return text
+    return f"{text} [{format(scale * ci[0], spec)}, {format(scale * ci[1], spec)}]"
+
+
+def _delta(value: float | None, ci: list[float] | None) -> str:
+    text = _with_ci(value, ci, "+.2f")
+    return text + (" (noise)" if value is not None and ci and ci[0] <= 0.0 <= ci[1] else "")
+
+
 def to_markdown(rows: list[dict[str, Any]], notes: list[str]) -> str:
-    """The table as Markdown (accuracy and EER in %, degradation in percentage points vs the teacher)."""
+    """The table as Markdown (accuracy and EER in %, degradation in percentage points vs the teacher, 95% intervals
+    in brackets where the runs keep the data for them)."""
     head = ["run", "model", "role", "params (M)", "size (MB)", "ms / audio-s", "encoder", "tasks", "KWS acc (%)",
             "Δ KWS (pp)",
             "SV EER (%)", "Δ EER (pp)", "minDCF 0.01", "minDCF 0.05"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        pct = lambda v: None if v is None else 100.0 * v  # noqa: E731
         cells = [r["run"], r["model"], r["role"], _fmt(None if r["params"] is None else r["params"] / 1e6, ".2f"),
                  _fmt(r["size_mb"], ".1f"), _fmt(r.get("inference_ms_per_s"), ".1f"), r["encoder"] or "–",
                  r["tasks"] or "–",
-                 _fmt(pct(r["kws_accuracy"]), ".2f"),
-                 _fmt(r["kws_degradation_pp"], "+.2f"), _fmt(pct(r["sv_eer"]), ".2f"),
-                 _fmt(r["sv_eer_degradation_pp"], "+.2f"), _fmt(r["sv_mindcf_0.01"], ".3f"),
+                 _with_ci(r["kws_accuracy"], r.get("kws_accuracy_ci"), ".2f", 100.0),
+                 _delta(r["kws_degradation_pp"], r.get("kws_degradation_ci")),
+                 _with_ci(r["sv_eer"], r.get("sv_eer_ci"), ".2f", 100.0),
+                 _delta(r["sv_eer_degradation_pp"], r.get("sv_eer_degradation_ci")), _fmt(r["sv_mindcf_0.01"], ".3f"),
                  _fmt(r["sv_mindcf_0.05"], ".3f")]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    if any(r.get("kws_accuracy_ci") or r.get("sv_eer_ci") for r in rows):
+        lines += ["", "Brackets: 95% bootstrap intervals (KWS over test clips, SV over test speakers); Δ intervals are "
+                  "paired against the teacher on the same test set, and \"(noise)\" marks a Δ whose interval holds 0."]
     if notes:
         lines += ["", "Notes:", *[f"- {n}" for n in notes]]
     return "\n".join(lines) + "\n"

@@ -85,3 +85,53 @@ def test_missing_or_invalid_results_name_the_file(tmp_path, capsys):
     (broken / "results.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(KdjaxError, match=r"results.json: field 'model'"):
         report.load_results(str(broken))
+
+
+def _run_with_data(workdir, name, role, flips, eer_noise, rng):
+    """A multitask run whose per-clip KWS predictions and SV trial speakers are kept (what the intervals need)."""
+    labels = np.arange(1200) % 12
+    pred = labels.copy()
+    pred[:flips] = (pred[:flips] + 1) % 12  # the first `flips` clips wrong
+    spk = np.stack([np.arange(2000) % 40, (np.arange(2000) * 7 + (np.arange(2000) % 2)) % 40], 1)
+    target = spk[:, 0] == spk[:, 1]
+    scores = target * 2.0 + np.random.default_rng(0).normal(size=2000) + eer_noise * rng.normal(size=2000)
+    from kdjax.eval.metrics import eer
+
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, report.RESULTS_FILE), "w") as f:
+        json.dump({"name": name, "model": {"name": name, "role": role}, "task": "multitask", "encoder": "frozen",
+                   "metrics": {"kws/test/accuracy": float((pred == labels).mean()),
+                               "sv/test/eer": eer(scores, target)[0]},
+                   "kws_predictions": {"predictions": pred.tolist(), "labels": labels.tolist()},
+                   "sv_scores": {"scores": scores.tolist(), "labels": target.astype(int).tolist(),
+                                 "speakers": spk.tolist()}}, f)
+    return workdir
+
+
+def test_intervals_and_paired_deltas_say_when_a_difference_is_noise(tmp_path):
+    rng = np.random.default_rng(3)
+    runs = [_run_with_data(str(tmp_path / "t"), "teacher", "teacher", 120, 0.0, rng),
+            _run_with_data(str(tmp_path / "same"), "same", "student", 122, 0.0, rng),  # 2 more wrong clips of 1200
+            _run_with_data(str(tmp_path / "worse"), "worse", "student", 360, 1.5, rng)]
+    rep = report.build_report(runs, str(tmp_path / "out"))
+    t, same, worse = rep["rows"]
+    lo, hi = t["kws_accuracy_ci"]
+    assert lo < t["kws_accuracy"] < hi and hi - lo < 0.05
+    assert same["kws_degradation_ci"][0] <= 0 <= same["kws_degradation_ci"][1]
+    assert worse["kws_degradation_ci"][0] > 0 and worse["sv_eer_degradation_ci"][0] > 0
+    md = open(str(tmp_path / "out" / "report.md")).read()
+    same_line = next(line for line in md.splitlines() if line.startswith("| same "))
+    worse_line = next(line for line in md.splitlines() if line.startswith("| worse "))
+    assert "(noise)" in same_line and "+0.17 [" in same_line  # 2 clips of 1200 = 0.17 pp
+    assert "(noise)" not in worse_line.split("|")[10] and "[" in worse_line.split("|")[11]
+
+
+def test_training_curves_show_losses_and_metrics_not_learning_rate():
+    from kdjax.eval.plots import _curve_panels
+
+    history = [{"step": s, "loss": 1.0 / (s + 1), "lr": 1e-3, "grad_norm": 2.0, "steps_per_s": 9.0,
+                "kws/accuracy": 0.5, "kws/validation/accuracy": 0.4, "sv/validation/eer": 0.2} for s in range(3)]
+    panels = _curve_panels(history)
+    assert sorted(panels) == ["kws accuracy", "loss", "sv eer"]
+    assert sorted(panels["kws accuracy"]) == ["train", "validation"]  # one panel, both curves
+    assert [p[0] for p in panels["loss"]["train"]] == [0, 1, 2]
