@@ -46,8 +46,8 @@ def _stats(x: np.ndarray) -> np.ndarray:
     return np.concatenate([m.mean(0), m.std(0), d.std(0)])
 
 
-def kws_accuracy(name: str, data_dir: str | None) -> float:
-    """Test accuracy of MFCC statistics + logistic regression."""
+def kws_accuracy(name: str, data_dir: str | None, return_correct: bool = False):
+    """Test accuracy of MFCC statistics + logistic regression (and, with return_correct, the per-clip 0/1)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -59,7 +59,8 @@ def kws_accuracy(name: str, data_dir: str | None) -> float:
 
     (xtr, ytr), (xte, yte) = xy("train"), xy("test")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0)).fit(xtr, ytr)
-    return float((clf.predict(xte) == yte).mean())
+    correct = clf.predict(xte) == yte
+    return (float(correct.mean()), correct) if return_correct else float(correct.mean())
 
 
 def eer(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -72,8 +73,9 @@ def eer(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(((1 - tpr[i]) + fpr[i]) / 2)
 
 
-def sv_eer(name: str, data_dir: str | None) -> float:
-    """EER of cosine scoring between mean-MFCC embeddings of the louder frames (test-set mean removed)."""
+def sv_scores(name: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, labels) of cosine scoring between mean-MFCC embeddings of the louder frames (test-set mean removed)
+    on the test trial list."""
     trials = pipeline.load_trials(name, data_dir)
     src = pipeline.load_source(name, pipeline.metadata(name, data_dir)["trials"]["test"], data_dir)
     emb = {}
@@ -84,7 +86,12 @@ def sv_eer(name: str, data_dir: str | None) -> float:
     mean = np.mean(list(emb.values()), axis=0)
     unit = {k: (v - mean) / np.linalg.norm(v - mean) for k, v in emb.items()}
     scores = np.array([unit[a] @ unit[b] for _, a, b in trials])
-    return eer(scores, np.array([t for t, _, _ in trials]))
+    return scores, np.array([t for t, _, _ in trials])
+
+
+def sv_eer(name: str, data_dir: str | None) -> float:
+    """EER of the mean-MFCC cosine baseline (sv_scores)."""
+    return eer(*sv_scores(name, data_dir))
 
 
 def main() -> None:

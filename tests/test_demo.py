@@ -42,6 +42,10 @@ def test_installed_wheel_is_self_sufficient(installed):
     assert int(where.split()[-1]) == 8  # the packaged teacher loads from the wheel
 
 
+def results_of(workdir, run):
+    return json.loads((workdir / run.name / "results.json").read_text())
+
+
 def test_tiny_demo_runs_every_stage_from_the_wheel(installed, tmp_path):
     workdir = tmp_path / "demo"
     _run(installed, "kdjax.cli", "demo", "--size", "tiny", "--pretrain", "--workdir", str(workdir), module=True)
@@ -52,8 +56,14 @@ def test_tiny_demo_runs_every_stage_from_the_wheel(installed, tmp_path):
         for key, value in results["metrics"].items():
             assert math.isfinite(value) and 0.0 <= value <= 1.0, (run.name, key, value)
         assert results["model"]["inference_ms_per_s"] > 0
+    for run in demo.DEFAULT_GRID:
+        if run.frozen:  # heads on cached features, and SV picks its checkpoint on the validation speakers' trials
+            assert results_of(workdir, run)["config"]["finetune"]["cache"] == str(workdir / "cache")
+        if run.mode != "kws":
+            assert "sv/validation/eer" in results_of(workdir, run)["eval"]
     report = (workdir / "report.md").read_text()
     assert all(run.name in report for run in demo.DEFAULT_GRID)
+    assert all(f"mfcc_{mode}" in report for mode in demo.REFERENCES) and "95% bootstrap intervals" in report
     assert (workdir / "report.json").exists() and list(workdir.glob("*.png"))
     timings = json.loads((workdir / "timings.json").read_text())
     assert set(timings) >= {"1/5 prepare the synthetic corpus", "3/5 distil a 1-layer student", "total"}

@@ -314,7 +314,7 @@ def build_report(workdirs: list[str], out_dir: str | None = None) -> dict[str, A
         history = load_history(workdir, run, notes)
         if history:
             figures.append(plots.training_curves(history, run["name"], os.path.join(out_dir, f"curves_{stem}.png")))
-        else:
+        elif run["model"].get("role") != "reference":  # a classic reference has nothing to plot
             notes.append(f"{run['name']}: no training history (results.json 'history' or {METRICS_FILE})")
         if run.get("confusion_matrix"):
             figures.append(plots.confusion(np.asarray(run["confusion_matrix"]), run.get("class_names"), run["name"],
