@@ -98,6 +98,11 @@ def main() -> None:
                     except ConfigError as e:
                         lines.append(f"| {name} | {metric} | {fmt} | {quantize} | refused: {e} | – | – | – |")
                         continue
+                    except Exception as e:  # noqa: BLE001 -- a converter's own failure is a result to report
+                        lines.append(f"| {name} | {metric} | {fmt} | {quantize} | failed: {type(e).__name__}: "
+                                     f"{str(e)[:120]} | – | – | – |")
+                        print(lines[-1], flush=True)
+                        continue
                     value = evaluate(api.runner(path, args.threads), ft, task, stride)
                     size = os.path.getsize(path) / 2**20
                 sign = 1 if task == "kws" else -1  # positive Δ = worse than JAX
