@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from kdjax.eval.metrics import eer_from_curve
 
 RESAMPLES = 1000
 LEVEL = 0.95
@@ -60,9 +61,7 @@ class _SortedTrials:
         non = np.concatenate([[0.0], np.cumsum(w * ~self.labels)])[self.first]
         p_miss = np.append(tar / (w * self.labels).sum(), 1.0)
         p_fa = np.append(1.0 - non / (w * ~self.labels).sum(), 0.0)
-        i = int(np.argmax(p_miss >= p_fa))
-        d0, d1 = p_miss[i - 1] - p_fa[i - 1], p_miss[i] - p_fa[i]
-        return float(p_miss[i - 1] + (-d0 / (d1 - d0)) * (p_miss[i] - p_miss[i - 1]))
+        return eer_from_curve(p_fa, p_miss)[0]
 
 
 def eer_interval(scores: np.ndarray, labels: np.ndarray, speakers: np.ndarray, *,

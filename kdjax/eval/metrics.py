@@ -112,11 +112,16 @@ def det_curve(scores: np.ndarray, labels: np.ndarray,
 def eer(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, float]:
     """(equal error rate, threshold): P_miss = P_fa, interpolated linearly between the two DET points around it."""
     p_fa, p_miss, thr = det_curve(scores, labels, weights)
+    value, i = eer_from_curve(p_fa, p_miss)
+    return value, float(thr[i])
+
+
+def eer_from_curve(p_fa: np.ndarray, p_miss: np.ndarray) -> tuple[float, int]:
+    """(EER, index of the first DET point at or past the crossing) of a DET curve from accept-all to reject-all."""
     i = int(np.argmax(p_miss >= p_fa))  # first point at or past the crossing; i >= 1 since the first is (1, 0)
     d0, d1 = p_miss[i - 1] - p_fa[i - 1], p_miss[i] - p_fa[i]
     alpha = -d0 / (d1 - d0)
-    value = p_miss[i - 1] + alpha * (p_miss[i] - p_miss[i - 1])
-    return float(value), float(thr[i])
+    return float(p_miss[i - 1] + alpha * (p_miss[i] - p_miss[i - 1])), i
 
 
 def min_dcf(scores: np.ndarray, labels: np.ndarray, p_target: float = 0.01, c_miss: float = 1.0,

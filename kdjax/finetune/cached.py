@@ -58,7 +58,7 @@ class FeatureCaches:
         if sv_eval_split and sv_eval_split != "test" and "sv" in streams:
             specs.append(dataclasses.replace(next(s for s in specs if s.kind == "frames" and s.split == "test"),
                                              split=sv_eval_split))
-        self.sv_eval_split = sv_eval_split
+        self.sv_eval_split, self._sv_eval_frames = sv_eval_split, None
         encoder = hf.from_pretrained(encoder_dir, **overrides)  # once, for every split
         self.caches = {}
         for spec in specs:
@@ -86,8 +86,10 @@ class FeatureCaches:
         """This process's batches of the SV split scored during training, padded to its longest utterance (one
         shape, one compilation)."""
         cache = self.caches["sv", self.sv_eval_split]
-        longest = max(cache[i]["x"].shape[1] for i in range(len(cache)))
-        return cache_lib.process_eval_batches(cache, global_batch_size=global_batch_size, frames_to=longest)
+        if self._sv_eval_frames is None:  # read every record once, not at every evaluation
+            self._sv_eval_frames = max(cache[i]["x"].shape[1] for i in range(len(cache)))
+        return cache_lib.process_eval_batches(cache, global_batch_size=global_batch_size,
+                                              frames_to=self._sv_eval_frames)
 
     def test_batches(self, stream: str, batch_size: int) -> Iterator[dict]:
         """Every test example, in order, with "valid" and "index" as pipeline.eval_batches."""
