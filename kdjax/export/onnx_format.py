@@ -51,6 +51,7 @@ def convert(graph: Graph, path: str | os.PathLike) -> Path:
 
     _fold_weight_transposes(model)
     _einsum_to_matmul(model)
+    _drop_unused_gemm_bias(model)
     path = Path(path)
     onnx.save(model, str(path))
     return path
@@ -82,6 +83,24 @@ def _fold_weight_transposes(model) -> int:
     for node in folded:
         model.graph.node.remove(node)
     return len(folded)
+
+
+def _drop_unused_gemm_bias(model) -> int:
+    """Remove the 0-d zero bias that jax2onnx gives a Gemm with beta=0 (the real bias is a separate Add): C is
+    optional, and onnxruntime's static quantizer indexes a Gemm bias per channel (IndexError on a 0-d one)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    dropped = set()
+    for node in model.graph.node:
+        beta = next((a.f for a in node.attribute if a.name == "beta"), 1.0)
+        if (node.op_type == "Gemm" and len(node.input) == 3 and beta == 0.0 and node.input[2] in inits
+                and numpy_helper.to_array(inits[node.input[2]]).ndim == 0):
+            dropped.add(node.input.pop())
+    used = {name for node in model.graph.node for name in node.input}
+    for name in dropped - used:
+        model.graph.initializer.remove(inits[name])
+    return len(dropped)
 
 
 def _einsum_to_matmul(model) -> int:

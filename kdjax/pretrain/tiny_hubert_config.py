@@ -11,9 +11,10 @@ Launch (the exact command; add `--config.field=value` overrides at the end):
 wheel.)
 
 Variant args (comma separated after the colon): `iteration2=DIR` (HuBERT iteration 2: k-means on layer
-`target_layer` of the iteration-1 encoder in DIR, warm-started from it, on the larger `unlabeled_large` corpus; this
-is how the shipped teacher was made, see kdjax/assets/teacher_tiny_hubert/PROVENANCE.md), `runlocal` (a few steps on the `unlabeled_tiny` corpus with a
-smaller model, for tests), `steps=N`.
+`target_layer` of the iteration-1 encoder in DIR, warm-started from it, on the larger `unlabeled_large` corpus),
+`runlocal` (a few steps on the `unlabeled_tiny` corpus with a smaller model, for tests), `steps=N`. The shipped
+teacher is iteration 1 continued with CMN MFCC targets (`mfcc_cmn`), not iteration 2: the exact commands are in
+kdjax/assets/teacher_tiny_hubert/PROVENANCE.md.
 """
 import ml_collections
 
