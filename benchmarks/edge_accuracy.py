@@ -90,17 +90,18 @@ def main() -> None:
         lines.append(f"| {name} | {metric} | jax | none | {100 * reference:.2f} | – | – | – |")
         model = source.load(run_dir)
         stride = model[0].config.frame_stride
+        length = None  # the fixed KWS graph length (--fixed_kws), a whole number of strides
+        if args.fixed_kws and task == "kws":
+            length = -(-int(ft["kws_seconds"] * 16000) // stride) * stride
         calibration = [{"audio": a, "attention_mask": m} for _, a, m in
                        _inputs(ft["kws_dataset" if task == "kws" else "sv_dataset"], "train", args.data_dir,
-                               ft["kws_seconds"] if task == "kws" else 2.0, stride, limit=args.calibration)]
+                               ft["kws_seconds"] if task == "kws" else 2.0, stride, limit=args.calibration,
+                               length=length)]
         for fmt in args.formats.split(","):
             for quantize in args.quantize.split(","):
                 start = time.time()
                 with tempfile.TemporaryDirectory() as tmp:
                     path = os.path.join(tmp, f"model.{fmt}")
-                    length = None
-                    if args.fixed_kws and task == "kws":
-                        length = -(-int(ft["kws_seconds"] * 16000) // stride) * stride
                     try:
                         api.export(model, path, fmt=fmt, quantize=quantize, task=task,
                                    calibration=calibration if quantize == "static-int8" else None,

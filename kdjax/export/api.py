@@ -59,8 +59,9 @@ def export(src: Any, dst: str | os.PathLike, *, fmt: str = "onnx", quantize: str
     backend = backend_for(fmt)
     if quantize not in QUANTIZE:
         raise ConfigError(f"export: --quantize {quantize!r} is invalid: expected one of {QUANTIZE}")
-    if quantize in getattr(backend, "UNSUPPORTED_QUANTIZE", {}):
-        raise ConfigError(backend.UNSUPPORTED_QUANTIZE[quantize])
+    refused = getattr(backend, "refusal", lambda quantize, fixed_shape: None)(quantize, fixed_shape)
+    if refused:
+        raise ConfigError(refused)
     if quantize == "static-int8" and calibration is None:
         raise ConfigError("export: --quantize static-int8 needs calibration clips: give --calibration DATASET:SPLIT")
     encoder, kws, sv = source.load(src) if isinstance(src, (str, os.PathLike)) else src

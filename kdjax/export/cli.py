@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
                                       "BATCHxSAMPLES, e.g. 1x16000") from None
         calibration = None
         backend = api.backend_for(fmt)
-        if args.quantize in getattr(backend, "UNSUPPORTED_QUANTIZE", {}):
-            raise api.ConfigError(backend.UNSUPPORTED_QUANTIZE[args.quantize])
+        refused = getattr(backend, "refusal", lambda quantize, fixed_shape: None)(args.quantize, fixed_shape)
+        if refused:
+            raise api.ConfigError(refused)
         if args.quantize == "static-int8":
             if not args.calibration or ":" not in args.calibration:
                 raise api.ConfigError("export: --quantize static-int8 needs --calibration DATASET:SPLIT "
@@ -65,9 +66,11 @@ def run(args: argparse.Namespace) -> int:
             from kdjax.export import source
 
             model = source.load(args.src)
-            multiple = model[0].config.frame_stride
+            multiple, seconds = model[0].config.frame_stride, 1.0
+            if fixed_shape:  # calibration clips of exactly the graph's length
+                multiple, seconds = fixed_shape[1], fixed_shape[1] / 16000
             calibration = api.calibration_inputs(dataset, split, args.calibration_clips, data_dir=args.data_dir,
-                                                 multiple=multiple)
+                                                 multiple=multiple, seconds=seconds)
             src = model
         else:
             src = args.src
@@ -77,8 +80,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"kdjax export: error: {e}", file=sys.stderr)
         return 2
     size = out.stat().st_size / 2**20
+    shape = ("[batch, samples], samples a multiple of the frame stride" if fixed_shape is None
+             else f"of shape {list(fixed_shape)}")
     print(f"wrote {out} ({size:.2f} MB, {fmt}, {args.quantize}, task {args.task}); inputs {list(graphs.INPUT_NAMES)} "
-          "float32 / int32 [batch, samples], samples a multiple of the frame stride")
+          f"float32 / int32 {shape}")
     return 0
 
 

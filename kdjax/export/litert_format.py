@@ -78,15 +78,27 @@ def quantize_dynamic(src: Path, dst: Path) -> Path:
     return _quantize(src, dst, manager.get_quantization_recipe())
 
 
-# litert-quantizer 0.11's calibration crashes (segfault) on these graphs with a dynamic length.
-UNSUPPORTED_QUANTIZE = {"static-int8": "export --format tflite --quantize static-int8 is not supported: "
-                        "litert-quantizer's calibration crashes on graphs with a dynamic length; use --quantize "
-                        "dynamic-int8, or --format onnx for static-int8"}
+def refusal(quantize: str, fixed_shape: tuple[int, int] | None) -> str | None:
+    """Why this quantization cannot be done here, or None: litert-quantizer 0.11's calibration crashes (segfault) on
+    these graphs with a dynamic length; with a fixed shape it works."""
+    if quantize == "static-int8" and fixed_shape is None:
+        return ("export --format tflite --quantize static-int8 needs --fixed-shape 1xSAMPLES: litert-quantizer's "
+                "calibration crashes on graphs with a dynamic length (or use --format onnx for static-int8)")
+    return None
 
 
 def quantize_static(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarray]]) -> Path:
-    """Not supported (UNSUPPORTED_QUANTIZE)."""
-    raise ConfigError(UNSUPPORTED_QUANTIZE["static-int8"])
+    """Static int8 for matmuls (int8 weights per channel, int8 activations with ranges calibrated on `calibration`,
+    inputs of the graph's fixed shape); convolutions int8 weight-only (see quantize_dynamic)."""
+    from litert_quantizer import qtyping, recipe_manager
+
+    manager = recipe_manager.RecipeManager()
+    op = qtyping.TFLOperationName
+    for name in (op.CONV_2D, op.DEPTHWISE_CONV_2D):
+        manager.add_weight_only_config(regex=".*", operation_name=name, num_bits=8)
+    manager.add_static_config(regex=".*", operation_name=op.FULLY_CONNECTED, activation_num_bits=8,
+                              weight_num_bits=8)
+    return _quantize(src, dst, manager.get_quantization_recipe(), calibration)
 
 
 class Runner:
