@@ -50,6 +50,14 @@ def calibration_inputs(dataset: str, split: str, num_clips: int, *, data_dir: st
     return out
 
 
+def check_supported(backend, quantize: str, fixed_shape: tuple[int, int] | None) -> None:
+    """Raise the backend's reason when it cannot do `quantize` for this shape (LiteRT static int8 needs a fixed one)."""
+    refusal = getattr(backend, "refusal", None)
+    reason = refusal(quantize, fixed_shape) if refusal else None
+    if reason:
+        raise ConfigError(reason)
+
+
 def export(src: Any, dst: str | os.PathLike, *, fmt: str = "onnx", quantize: str = "none", task: str = "encoder",
            layers: Sequence[int] | None = None, calibration: Iterable[dict[str, np.ndarray]] | None = None,
            fixed_shape: tuple[int, int] | None = None) -> Path:
@@ -59,9 +67,7 @@ def export(src: Any, dst: str | os.PathLike, *, fmt: str = "onnx", quantize: str
     backend = backend_for(fmt)
     if quantize not in QUANTIZE:
         raise ConfigError(f"export: --quantize {quantize!r} is invalid: expected one of {QUANTIZE}")
-    refused = getattr(backend, "refusal", lambda quantize, fixed_shape: None)(quantize, fixed_shape)
-    if refused:
-        raise ConfigError(refused)
+    check_supported(backend, quantize, fixed_shape)
     if quantize == "static-int8" and calibration is None:
         raise ConfigError("export: --quantize static-int8 needs calibration clips: give --calibration DATASET:SPLIT")
     encoder, kws, sv = source.load(src) if isinstance(src, (str, os.PathLike)) else src

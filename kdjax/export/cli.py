@@ -55,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
                                       "BATCHxSAMPLES, e.g. 1x16000") from None
         calibration = None
         backend = api.backend_for(fmt)
-        refused = getattr(backend, "refusal", lambda quantize, fixed_shape: None)(args.quantize, fixed_shape)
-        if refused:
-            raise api.ConfigError(refused)
+        api.check_supported(backend, args.quantize, fixed_shape)  # before loading calibration clips
         if args.quantize == "static-int8":
             if not args.calibration or ":" not in args.calibration:
                 raise api.ConfigError("export: --quantize static-int8 needs --calibration DATASET:SPLIT "
@@ -68,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
             model = source.load(args.src)
             multiple, seconds = model[0].config.frame_stride, 1.0
             if fixed_shape:  # calibration clips of exactly the graph's length
-                multiple, seconds = fixed_shape[1], fixed_shape[1] / 16000
+                from kdjax.data.audio import SAMPLE_RATE
+
+                multiple, seconds = fixed_shape[1], fixed_shape[1] / SAMPLE_RATE
             calibration = api.calibration_inputs(dataset, split, args.calibration_clips, data_dir=args.data_dir,
                                                  multiple=multiple, seconds=seconds)
             src = model
