@@ -177,6 +177,18 @@ def test_cli_exports_an_hf_folder(folders, tmp_path, capsys):
     assert np.abs(api.runner(dst)(x, mask) - ref).max() <= TOL
 
 
+def test_cli_static_litert_calibrates_at_the_fixed_shape(folders, tiny_data_dir, tmp_path, capsys):
+    dst = tmp_path / "s.tflite"
+    argv = [str(folders["hubert_base_like"]), str(dst), "--quantize", "static-int8", "--fixed-shape", "1x1220",
+            "--calibration", "synthetic_speech/kws_tiny:train", "--calibration-clips", "2", "--data-dir",
+            str(tiny_data_dir)]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert "of shape [1, 1220]" in capsys.readouterr().out
+    x, mask = _inputs()[1]  # 1220 samples, unpadded
+    ref = _hf_hidden_states(folders["hubert_base_like"], x, mask)
+    assert api.runner(dst)(x, mask).shape == ref.shape
+
+
 @pytest.mark.parametrize("argv,message", [
     (["{hf}", "{tmp}/x.bin"], "cannot tell the format"),
     (["{hf}", "{tmp}/x.onnx", "--task", "kws"], "--task kws needs a source with a KWS head"),
