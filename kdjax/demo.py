@@ -168,12 +168,12 @@ def _target_layers(plan: Plan, teacher_layers: int) -> list[int]:
     return [t for t in plan.target_layers if t <= teacher_layers] or [teacher_layers]
 
 
-def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], plan: Plan) -> str:
-    from kdjax.finetune.config import finetune_config, variants
+def finetune_config(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], plan: Plan):
+    """The loop config of one grid run (what `_finetune` trains; benchmarks time its pieces)."""
+    from kdjax.finetune.config import finetune_config as base, variants
     from kdjax.models.hf import read_config
-    from kdjax.train.loop import train_and_evaluate
 
-    config = finetune_config(run.mode)
+    config = base(run.mode)
     ft = config.finetune
     ft.teacher_name = "teacher"
     if run.mode == "kws":  # kdjax's KWS recipe (configs/finetune_kws.py): Adam, no weight decay
@@ -205,8 +205,10 @@ def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], p
         ft.update(sv_select="validation", sv_dev_trials="validation")
     config.mesh.devices = plan.devices
     config.log_every = max(1, min(100, config.total_steps // 10))
-    # uncached runs pay an encoder pass over the validation split per evaluation: fewer of them
-    config.eval_every = max(1, config.total_steps // (plan.evaluations if run.frozen else min(plan.evaluations, 3)))
+    # uncached runs pay an encoder pass over the validation split per evaluation: fewer of them; the baseline's short
+    # run from scratch (150-300 steps) is scored once, at its end, and tested in that final state
+    evaluations = plan.evaluations if run.frozen else 1 if run.model == "baseline" else min(plan.evaluations, 3)
+    config.eval_every = max(1, config.total_steps // evaluations)
     config.checkpoint.update(save_every=config.total_steps, keep=1)
     encoder_lr = {"baseline": 1e-3, "one_stage": 5e-4}.get(run.model, 1e-4)  # one-stage: the distillation's lr
     config.finetune.update(data_dir=data_dir, kws_dataset=f"synthetic_speech/kws{plan.dataset_suffix}",
@@ -215,6 +217,13 @@ def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], p
                            sv_embed_dim=min(plan.sv_width, 512))
     if plan.dataset_suffix:
         config.finetune.update(eval_batch_size=8)
+    return config
+
+
+def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], plan: Plan) -> str:
+    from kdjax.train.loop import train_and_evaluate
+
+    config = finetune_config(workdir, data_dir, run, encoders, plan)
     run_dir = os.path.join(workdir, run.name)
     if not _done(run_dir):
         print(f"--- {run.name}: {run.model} encoder, {run.mode}, {'frozen' if run.frozen else 'fine-tuned'}",

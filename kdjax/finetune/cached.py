@@ -40,6 +40,9 @@ def check(cfg: Any, one_stage_on: bool) -> None:
                               f"(only {default!r}); run uncached (cache='') for that")
 
 
+SV_EVAL_MEMORY_BYTES = 2**31  # the SV evaluation split's padded float32 batches are kept in memory up to this
+
+
 class FeatureCaches:
     """The opened caches of one run, by (stream, split), and the batches made from them."""
 
@@ -58,7 +61,7 @@ class FeatureCaches:
         if sv_eval_split and sv_eval_split != "test" and "sv" in streams:
             specs.append(dataclasses.replace(next(s for s in specs if s.kind == "frames" and s.split == "test"),
                                              split=sv_eval_split))
-        self.sv_eval_split, self._sv_eval_frames = sv_eval_split, None
+        self.sv_eval_split, self._sv_eval_frames, self._sv_eval_held = sv_eval_split, None, None
         encoder = hf.from_pretrained(encoder_dir, **overrides)  # once, for every split
         self.caches = {}
         for spec in specs:
@@ -84,12 +87,21 @@ class FeatureCaches:
 
     def sv_eval_batches(self, global_batch_size: int) -> Iterator[dict]:
         """This process's batches of the SV split scored during training, padded to its longest utterance (one
-        shape, one compilation)."""
+        shape, one compilation); held in memory after the first evaluation when they fit in SV_EVAL_MEMORY_BYTES
+        (reading and padding them again at every evaluation cost more than scoring them)."""
+        if self._sv_eval_held is not None:
+            return iter(self._sv_eval_held)
         cache = self.caches["sv", self.sv_eval_split]
         if self._sv_eval_frames is None:  # read every record once, not at every evaluation
             self._sv_eval_frames = max(cache[i]["x"].shape[1] for i in range(len(cache)))
-        return cache_lib.process_eval_batches(cache, global_batch_size=global_batch_size,
-                                              frames_to=self._sv_eval_frames)
+        batches = cache_lib.process_eval_batches(cache, global_batch_size=global_batch_size,
+                                                 frames_to=self._sv_eval_frames)
+        first = cache[0]["x"]
+        padded = len(cache) * first.shape[0] * self._sv_eval_frames * first.shape[2] * 4  # float32 bytes
+        if padded > SV_EVAL_MEMORY_BYTES:
+            return batches
+        self._sv_eval_held = list(batches)
+        return iter(self._sv_eval_held)
 
     def test_batches(self, stream: str, batch_size: int) -> Iterator[dict]:
         """Every test example, in order, with "valid" and "index" as pipeline.eval_batches."""

@@ -57,7 +57,9 @@ class Featurizer(nnx.Module):
             mean = hs.mean(-1, keepdims=True)
             hs = (hs - mean) * jax.lax.rsqrt(jnp.square(hs - mean).mean(-1, keepdims=True) + _EPS)
         w = jax.nn.softmax(self.weights[...]).astype(hs.dtype)
-        return jnp.einsum("l,lbtd->btd", w, hs)
+        # A broadcast multiply-and-sum, not einsum: XLA:CPU lowers einsum's weight gradient to a slow transposing dot
+        # (fwd+bwd of 9 x [32, 99, 256] on 2 cores: 40 ms as einsum, 16 ms as this; the demo teacher's SV step).
+        return (w.reshape((-1,) + (1,) * (hs.ndim - 1)) * hs).sum(0)
 
 
 def _selected_layer(mode: str, num_layers: int) -> int | None:

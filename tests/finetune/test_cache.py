@@ -219,6 +219,24 @@ def test_sv_head_training_from_cached_frames_equals_uncached(encoder, sv_cache, 
     _assert_trees_close(from_cache, frames, 1e-5)
 
 
+def test_sv_frames_held_in_memory_read_as_from_disk(sv_cache):
+    on_disk = store.CachedFeatures(sv_cache.path)
+    assert not on_disk.hold(max_bytes=0)  # over the cap: stays on disk
+    held = store.CachedFeatures(sv_cache.path)
+    assert held.hold()
+    for i in (0, len(held) - 1):
+        np.testing.assert_array_equal(held[i]["x"], on_disk[i]["x"])
+        assert held[i]["x"].dtype == np.float32 and held[i]["speaker"] == on_disk[i]["speaker"]
+    on_disk.hold = lambda max_bytes=0: False  # the reader asks again: keep this one on disk
+    disk_it = cache.sv_train_iterator(on_disk, batch_size=4, crop_samples=16000, seed=2)
+    held_it = cache.sv_train_iterator(held, batch_size=4, crop_samples=16000, seed=2)
+    for _ in range(3):
+        d, h = next(disk_it), next(held_it)
+        assert d.keys() == h.keys()
+        for k in d:
+            np.testing.assert_array_equal(d[k], h[k])
+
+
 def test_sv_frame_crops_correspond_to_the_uncached_sample_crops(sv_cache, tiny_data_dir):
     crop = 16000  # shorter than most utterances: real random crops
     features = sv_cache

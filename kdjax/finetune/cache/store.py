@@ -76,7 +76,8 @@ class CachedFeatures:
     """Random-access source over one complete cache: `cache[i]` is example i's record (float32 "x").
 
     Pooled caches up to `in_memory_bytes` (float32) are read into memory once at open: their records are a few kB,
-    and reading them one by one would cost more than the head step they feed.
+    and reading them one by one would cost more than the head step they feed. Frames caches stay on disk unless
+    `hold()` keeps them in memory (the SV training reader does, up to 4 GiB of files).
     """
 
     def __init__(self, path: str, in_memory_bytes: int = 2**31):
@@ -107,11 +108,24 @@ class CachedFeatures:
         for s in sidecars:
             for i, utt, samples in zip(s["indices"], s["ids"], s["num_samples"]):
                 self._ids[i], self.num_samples[i] = utt, samples
-        self._memory = None
+        self._memory, self._held = None, None
         if self.kind == "pooled" and n and self._size_float32(n) <= in_memory_bytes:
             recs = [self.record(i) for i in range(n)]
             self._memory = {"x": np.stack([r["x"] for r in recs]).astype(np.float32),
                             **{k: np.asarray([r[k] for r in recs]) for k in ("label", "speaker")}}
+
+    def hold(self, max_bytes: int = 2**32) -> bool:
+        """Keep every record in memory (storage dtype) when the cache's files total at most max_bytes; True if held.
+
+        For a frames cache a training run reads epoch after epoch: reading and decoding each record from disk again
+        costs more than the head step it feeds (the SV readers call this for the training split only)."""
+        if self._held is not None or self._memory is not None:
+            return True
+        size = sum(os.path.getsize(os.path.join(self.path, b + ".array_record")) for b in self.manifest["blocks"])
+        if size > max_bytes:
+            return False
+        self._held = [decode_record(self._source[int(w)], self.dtype, as_float32=False) for w in self._where]
+        return True
 
     def in_memory(self) -> dict[str, np.ndarray] | None:
         """{"x": f32[N, L, H], "label", "speaker"} of a pooled cache held in memory, else None."""
@@ -122,6 +136,8 @@ class CachedFeatures:
 
     def record(self, index: int) -> dict[str, Any]:
         """Example `index` as stored: "x" a read-only view in the storage dtype (readers convert what they keep)."""
+        if self._held is not None:
+            return self._held[index]
         return decode_record(self._source[int(self._where[index])], self.dtype, as_float32=False)
 
     def __len__(self) -> int:
@@ -132,6 +148,9 @@ class CachedFeatures:
             m = self._memory
             return {"x": m["x"][index], "label": int(m["label"][index]), "speaker": int(m["speaker"][index]),
                     "index": int(index), "id": self._ids[index], "num_samples": int(self.num_samples[index])}
+        if self._held is not None:
+            rec = self._held[index]
+            return {**rec, "x": rec["x"].astype(np.float32)}
         return decode_record(self._source[int(self._where[index])], self.dtype)
 
     @property
