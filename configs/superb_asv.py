@@ -73,6 +73,7 @@ def get_config(arg=None):
         sv_dataset="voxceleb1/superb",  # [sv/dataset] EFFECTS gain -3.0 + silence 1 0.1 0.1% -1 0.1 0.1% (prepare)
         data_dir=ml_collections.FieldReference(None, field_type=str),
         kws_seconds=1.0, kws_hidden=256, kws_sampling="uniform", kws_dev="plain", kws_dev_seed=0,  # unused: "sv"
+        kws_batch_size=0,  # unused: "sv"
         sv_seconds=8.0,  # [sv/config] datarc.max_timestep 128000: random crop of longer training utterances
         sv_min_seconds=2.0,  # [sv/config] vad_config.min_sec 32000: training clips longer than 2 s (after trim)
         sv_eval_max_seconds=0.0,  # [sv/dataset] SpeakerVerifi_test: full-length test utterances (0: no crop)

@@ -83,6 +83,7 @@ def get_config(arg=None):
         labels=["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go", "_unknown_",
                 "_silence_"],  # [sc/dataset] CLASSES
         kws_hidden=256,  # [sc/config] modelrc.projector_dim (Linear -> MeanPooling -> Linear, UtteranceLevel)
+        kws_batch_size=0,  # [sc/config] the KWS batch is config.batch_size
         # kdjax's one-stage option (distillation + task loss in one run), off: SUPERB trains downstream heads only
         one_stage=ml_collections.ConfigDict(dict(teacher="", weight=1.0, student=student_fields(exclude=("init",)),
                                                  loss=loss_fields())),

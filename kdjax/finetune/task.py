@@ -13,6 +13,8 @@
                               whatever the checkpoint was saved with: a pre-training config masks far more (0.65), a
                               distilled student not at all; encoder_overrides wins
 
+    config.finetune.kws_batch_size  the KWS stream's global batch (0: config.batch_size); a multi-task run's cheap
+                              cached KWS head can take more clips a step than its SV head
     config.finetune.one_stage Distillation and task losses in one run (kdjax.finetune.one_stage); off by default.
 
 KWS picks the best checkpoint by validation accuracy; the test split is evaluated with the exported (best) state
@@ -70,6 +72,9 @@ def resolve_encoder_dir(path: str, where: str = "config.finetune.encoder") -> st
 
 
 def _check(cfg: Any) -> None:
+    if int(cfg.kws_batch_size) < 0 or int(cfg.kws_batch_size) % jax.process_count():
+        raise ConfigError(f"config.finetune.kws_batch_size={cfg.kws_batch_size}: expected 0 (config.batch_size) or a "
+                          f"positive multiple of the process count {jax.process_count()}")
     if cfg.mode not in MODES:
         raise ConfigError(f"config.finetune.mode={cfg.mode!r}: expected one of {sorted(MODES)}")
     if cfg.init not in ("pretrained", "random"):
@@ -277,10 +282,11 @@ class FineTune(Task):
 
     def train_data(self) -> dict[str, Iterator[dict]]:
         """One seeded grain iterator per stream: {"kws": ..., "sv": ...}."""
-        cfg, per_process = self.cfg, self.config.batch_size // jax.process_count()
+        cfg, batch = self.cfg, self.config.batch_size
         pre = evaluation.preprocessing(cfg)
         its = {}
         for i, name in enumerate(self.streams):
+            per_process = (int(cfg.kws_batch_size or batch) if name == "kws" else batch) // jax.process_count()
             seed = int(self.config.seed) + 1000 * i
             if self.caches is not None:
                 its[name] = self.caches.train_iterator(name, per_process, seed)

@@ -135,6 +135,17 @@ def test_resume_mid_finetuning_gives_the_same_final_metrics(tiny_encoder, tiny_d
     assert resumed["export"]["confusion_matrix"] == straight["export"]["confusion_matrix"]
 
 
+def test_kws_batch_size_sizes_the_kws_stream_only(tiny_encoder, tiny_data_dir):
+    config = _config("multitask", "frozen=True", tiny_encoder, tiny_data_dir)
+    config.finetune.kws_batch_size = 2 * config.batch_size
+    its = FineTune(config).train_data()
+    assert len(next(its["kws"])["label"]) == 2 * config.batch_size
+    assert len(next(its["sv"])["speaker"]) == config.batch_size
+    config.finetune.kws_batch_size = -8
+    with pytest.raises(ConfigError, match="kws_batch_size=-8"):
+        FineTune(config)
+
+
 @pytest.mark.parametrize("args,field", [("init=sideways", "finetune.init"), ("frozen=True,init=random", "")])
 def test_bad_configs_name_the_field(tiny_encoder, tiny_data_dir, args, field):
     config = _config("kws", args, tiny_encoder, tiny_data_dir)
