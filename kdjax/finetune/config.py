@@ -28,7 +28,8 @@ def finetune_config(mode: str) -> ml_collections.ConfigDict:
         kws_seconds=1.0, sv_seconds=3.0, sv_eval_max_seconds=8.0, sv_head="xvector", sv_loss="aam",
         sv_width=512, sv_embed_dim=0, kws_weight=1.0, sv_weight=1.0, eval_batch_size=32,
         normalize=True, gain_db=0.0,  # waveform: zero mean / unit variance per clip; gain in dB (SUPERB: -3, raw)
-        kws_hidden=256, kws_batch_size=0, kws_sampling="uniform", kws_dev="plain", kws_dev_seed=0,  # "balanced" / "balanced_resample"
+        kws_hidden=256, kws_sampling="uniform", kws_dev="plain", kws_dev_seed=0,  # "balanced" / "balanced_resample"
+        kws_batch_size=0,  # the KWS stream's batch (0: config.batch_size)
         sv_min_seconds=0.0, sv_agg_dim=1500, sv_margin_scale=30.0,
         sv_margin=ml_collections.FieldReference(None, field_type=float),  # None: the loss's default (AM 0.4, AAM 0.2)
         sv_eval="padded", sv_eval_batch_size=1, sv_eval_round_to=1,  # "equal_length": no padded row (SUPERB)

@@ -89,7 +89,7 @@ def _stream(cache: Any, fn: Callable | None, *, batch_size: int, seed: int, shuf
         ds = ds.random_map(fn, seed=seed)  # same graph as pipeline.train_iterator: same rows, same RNG
     ds = pipeline._process_rows(ds, batch_size, process_index, process_count)
     # Reader threads hide disk reads; from memory there is nothing to hide, and on few cores they only compete with
-    # the step for the CPU and the GIL (the demo's cached KWS step: 18 ms a step with 2 threads, 9 ms without).
+    # the step for the CPU and the GIL (the demo's cached KWS step: 18 ms a step with 2 threads, 10 ms without).
     threads = 0 if in_memory else min(8, os.cpu_count() or 1)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * batch_size))
     it_ds = it_ds.batch(batch_size, drop_remainder=True)

@@ -119,7 +119,7 @@ class CachedFeatures:
 
         For a frames cache a training run reads epoch after epoch: reading and decoding each record from disk again
         costs more than the head step it feeds (the SV readers call this for the training split only)."""
-        if self._held is not None or self._memory is not None:
+        if self._held is not None:
             return True
         size = sum(os.path.getsize(os.path.join(self.path, b + ".array_record")) for b in self.manifest["blocks"])
         if size > max_bytes:
