@@ -23,7 +23,7 @@ import statistics
 import time
 from typing import Any
 
-from kdjax.errors import ConfigError
+from kdjax.errors import ConfigError, KdjaxError
 
 TEACHER_ASSET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "teacher_tiny_hubert")
 DATASETS = ("kws", "sv", "unlabeled")
@@ -105,7 +105,23 @@ class _Stages:
 
 
 def _done(workdir: str) -> bool:
-    return os.path.exists(os.path.join(workdir, "results.json"))
+    """Finished: results.json written by a run that SIGTERM did not stop (a stopped run resumes instead)."""
+    path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return not json.load(f).get("preempted", False)
+
+
+def _train(config, run_dir: str) -> None:
+    """Train (or resume) a stage's run unless it finished; stop the demo if SIGTERM stopped the run (the loop saved
+    a checkpoint, and the next `kdjax demo` resumes from it) rather than start the next stage without its output."""
+    from kdjax.train.loop import train_and_evaluate
+
+    if not _done(run_dir):
+        train_and_evaluate(config, run_dir)
+        if not _done(run_dir):
+            raise KdjaxError(f"{run_dir}: stopped before it finished (run `kdjax demo` again to resume it)")
 
 
 def _prepare(data_dir: str, plan: Plan) -> None:
@@ -128,21 +144,18 @@ def _teacher(workdir: str, data_dir: str, plan: Plan, pretrain: bool) -> str:
         print(f"teacher: {TEACHER_ASSET} (shipped; made by kdjax/pretrain/tiny_hubert_config.py)")
         return TEACHER_ASSET
     from kdjax.pretrain.tiny_hubert_config import get_config
-    from kdjax.train.loop import train_and_evaluate
 
     config = get_config("runlocal" if plan.dataset_suffix else None)
     run_dir = os.path.join(workdir, "pretrain")
     config.pretrain.data_dir = data_dir
     config.mesh.devices = plan.devices
-    if not _done(run_dir):
-        train_and_evaluate(config, run_dir)
+    _train(config, run_dir)
     return os.path.join(run_dir, "teacher_hf")
 
 
 def _distill(workdir: str, data_dir: str, teacher: str, plan: Plan) -> str:
     from kdjax.distill.config import distill_config
     from kdjax.models.hf import read_config
-    from kdjax.train.loop import train_and_evaluate
 
     config = distill_config()
     config.seed = 0
@@ -162,8 +175,7 @@ def _distill(workdir: str, data_dir: str, teacher: str, plan: Plan) -> str:
              eval_split="validation", max_seconds=plan.distill_seconds, eval_utterances=0)
     d.data_dir = data_dir
     run_dir = os.path.join(workdir, "distill")
-    if not _done(run_dir):
-        train_and_evaluate(config, run_dir)
+    _train(config, run_dir)
     return os.path.join(run_dir, "student_hf")
 
 
@@ -226,14 +238,12 @@ def finetune_config(workdir: str, data_dir: str, run: Run, encoders: dict[str, s
 
 
 def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], plan: Plan) -> str:
-    from kdjax.train.loop import train_and_evaluate
-
     config = finetune_config(workdir, data_dir, run, encoders, plan)
     run_dir = os.path.join(workdir, run.name)
     if not _done(run_dir):
         print(f"--- {run.name}: {run.model} encoder, {run.mode}, {'frozen' if run.frozen else 'fine-tuned'}",
               flush=True)
-        train_and_evaluate(config, run_dir)
+        _train(config, run_dir)
     return run_dir
 
 

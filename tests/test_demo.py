@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from kdjax import demo
+from kdjax.errors import KdjaxError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,3 +84,20 @@ def test_tiny_demo_runs_every_stage_from_the_wheel(installed, tmp_path):
     assert 0.0 <= results["metrics"]["kws/test/accuracy"] <= 1.0
     assert run_dir.endswith("one_stage_kws")
     assert (workdir / "one_stage_kws" / "student_hf" / "model.safetensors").exists()
+
+
+def test_a_run_stopped_by_sigterm_is_not_done_and_stops_the_demo(tmp_path, monkeypatch):
+    import kdjax.train.loop as loop
+
+    def stopped(config, run_dir):  # what the loop writes when SIGTERM stops it: a checkpoint and preempted results
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "results.json"), "w") as f:
+            json.dump({"preempted": True, "export": None}, f)
+
+    monkeypatch.setattr(loop, "train_and_evaluate", stopped)
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(KdjaxError, match="run: stopped before it finished"):  # not on to the next stage
+        demo._train(None, run_dir)
+    assert not demo._done(run_dir)  # the next demo resumes it instead of reporting its missing test metrics
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"preempted": False}))
+    assert demo._done(run_dir)

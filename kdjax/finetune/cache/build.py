@@ -186,7 +186,7 @@ def build_cache(spec: CacheSpec, cache_dir: str, encoder: Encoder | None = None,
         return found
     stale = store.nearest_stale(cache_dir, parts)
     if stale:
-        log.info("feature cache %s is stale for this run (differs in %s): writing a new one", stale[0],
+        log.info("no feature cache for this run yet (the nearest, %s, differs in %s): writing one", stale[0],
                  "; ".join(stale[1]))
     final = os.path.join(store.split_dir(cache_dir, spec.dataset, spec.split), spec_lib.key(parts))
     tmp = final + ".incomplete"
