@@ -3,6 +3,7 @@ ONNX and LiteRT) against the JAX model they came from, on the prepared test sets
 
     python benchmarks/edge_accuracy.py --data_dir runs/demo/data \
         --run runs/demo/student_kws_frozen --run runs/demo/student_sv_frozen [--formats onnx,tflite] [--fixed_kws]
+        [--fixed_sv]
 
 Each --run is a finished kdjax fine-tuning run (KWS or SV); its own test metric (results.json, computed in JAX) is the
 "jax" row. Graphs run at batch 1 on every test clip (KWS: 1 s; SV: whole utterances up to the run's
@@ -36,7 +37,7 @@ def _inputs(dataset: str, split: str, data_dir: str, max_seconds: float, multipl
 
 
 def evaluate(run, ft, task: str, stride: int, length: int | None = None) -> float:
-    """KWS accuracy or SV EER of `run` (audio, mask) -> logits | embedding over the test split (KWS clips padded to
+    """KWS accuracy or SV EER of `run` (audio, mask) -> logits | embedding over the test split (clips padded to
     `length` samples when the graph has a fixed shape)."""
     from kdjax.data import pipeline
     from kdjax.finetune import evaluation
@@ -52,7 +53,7 @@ def evaluate(run, ft, task: str, stride: int, length: int | None = None) -> floa
     cfg = types.SimpleNamespace(**ft)
     name, split = evaluation.trial_list(cfg, "test")
     rows = [(i, run(a, m)[0]) for i, a, m in _inputs(ft["sv_dataset"], split, ft["data_dir"],
-                                                      ft["sv_eval_max_seconds"], stride)]
+                                                      ft["sv_eval_max_seconds"], stride, length=length)]
     index = np.asarray([i for i, _ in rows])
     emb = np.stack([e for _, e in rows]).astype(np.float32)
     scores, labels = evaluation.sv_scores(cfg, split, name, index, emb, np.ones(len(index), bool))
@@ -71,6 +72,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fixed_kws", action="store_true",
                    help="KWS graphs with a fixed shape (1, kws_seconds of samples): LiteRT runs them ~15x faster")
+    p.add_argument("--fixed_sv", action="store_true",
+                   help="SV graphs with a fixed shape (1, sv_eval_max_seconds of samples), every test utterance "
+                        "padded to it: LiteRT with a dynamic length is too slow here, and its static int8 needs a "
+                        "fixed shape. Padding enters the group-norm statistics, so compare with the float row too")
     args = p.parse_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     from kdjax.errors import ConfigError
@@ -90,9 +95,11 @@ def main() -> None:
         lines.append(f"| {name} | {metric} | jax | none | {100 * reference:.2f} | – | – | – |")
         model = source.load(run_dir)
         stride = model[0].config.frame_stride
-        length = None  # the fixed KWS graph length (--fixed_kws), a whole number of strides
+        length = None  # the fixed graph length (--fixed_kws, --fixed_sv), a whole number of strides
         if args.fixed_kws and task == "kws":
             length = -(-int(ft["kws_seconds"] * 16000) // stride) * stride
+        if args.fixed_sv and task == "sv":
+            length = -(-int(ft["sv_eval_max_seconds"] * 16000) // stride) * stride
         calibration = [{"audio": a, "attention_mask": m} for _, a, m in
                        _inputs(ft["kws_dataset" if task == "kws" else "sv_dataset"], "train", args.data_dir,
                                ft["kws_seconds"] if task == "kws" else 2.0, stride, limit=args.calibration,
