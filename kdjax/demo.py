@@ -113,12 +113,15 @@ def _done(workdir: str) -> bool:
         return not json.load(f).get("preempted", False)
 
 
-def _train(config, run_dir: str) -> None:
-    """Train (or resume) a stage's run unless it finished; stop the demo if SIGTERM stopped the run (the loop saved
-    a checkpoint, and the next `kdjax demo` resumes from it) rather than start the next stage without its output."""
+def _train(config, run_dir: str, header: str = "") -> None:
+    """Train (or resume) a stage's run unless it finished, printing `header` first; stop the demo if SIGTERM stopped
+    the run (the loop saved a checkpoint, and the next `kdjax demo` resumes from it) rather than start the next stage
+    without its output."""
     from kdjax.train.loop import train_and_evaluate
 
     if not _done(run_dir):
+        if header:
+            print(header, flush=True)
         train_and_evaluate(config, run_dir)
         if not _done(run_dir):
             raise KdjaxError(f"{run_dir}: stopped before it finished (run `kdjax demo` again to resume it)")
@@ -240,10 +243,8 @@ def finetune_config(workdir: str, data_dir: str, run: Run, encoders: dict[str, s
 def _finetune(workdir: str, data_dir: str, run: Run, encoders: dict[str, str], plan: Plan) -> str:
     config = finetune_config(workdir, data_dir, run, encoders, plan)
     run_dir = os.path.join(workdir, run.name)
-    if not _done(run_dir):
-        print(f"--- {run.name}: {run.model} encoder, {run.mode}, {'frozen' if run.frozen else 'fine-tuned'}",
-              flush=True)
-        _train(config, run_dir)
+    _train(config, run_dir, f"--- {run.name}: {run.model} encoder, {run.mode}, "
+                            f"{'frozen' if run.frozen else 'fine-tuned'}")
     return run_dir
 
 
