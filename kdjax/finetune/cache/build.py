@@ -88,7 +88,9 @@ def write_block(spec: CacheSpec, tmp: str, parts: dict[str, Any], encoder: Encod
     layers = tuple(parts["features"]["layers"])
     encode = _encode_fn(encoder, layers, spec.kind, spec.dtype)
     stem = os.path.join(tmp, store.block_name(process_index, process_count))
-    writer = ArrayRecordWriter(stem + ".array_record", "group_size:1")
+    # Uncompressed: hidden states are float noise to a compressor (7% smaller with the default zstd) and compressing
+    # them made the writes 9x and the reads 2x slower (the teacher's SV test split: 8.7 s vs 1.0 s to write 0.9 GB).
+    writer = ArrayRecordWriter(stem + ".array_record", "group_size:1,uncompressed")
     sidecar: dict[str, list] = {"indices": [], "ids": [], "num_samples": []}
     rows = block_range(len(source), process_index, process_count)
     bar = tqdm(total=len(rows), unit="clip", desc=f"caching {spec.dataset}/{spec.split}", dynamic_ncols=True,
