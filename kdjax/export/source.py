@@ -67,4 +67,8 @@ def load_finetune_run(workdir: str | os.PathLike):
     state, _ = restored
     model = nnx.merge(task.eval_graphdef, state.params, state.extra["stats"])
     model.eval()
+    if model.encoder is None:  # a cached run trained heads only: its frozen encoder is the folder it was cached from
+        from kdjax.models import hf
+
+        return hf.from_pretrained(task.encoder_dir, **task.encoder_overrides), model.kws, model.sv
     return model.encoder, model.kws, model.sv

@@ -76,7 +76,8 @@ def _sv_head(head: str, dim: int, embed_dim: int | None, width: int, agg_dim: in
 
 
 class FineTuneModel(nnx.Module):
-    """An encoder with a KWS head, an SV head, or both (multi-task shares the encoder)."""
+    """An encoder with a KWS head, an SV head, or both (multi-task shares the encoder); runs on cached features set
+    `encoder` to None (kdjax.finetune.task)."""
 
     def __init__(self, encoder_config: EncoderConfig, *, num_classes: int | None, num_speakers: int | None,
                  cfg: Any, rngs: nnx.Rngs, num_hidden_states: int | None = None):

@@ -1,10 +1,15 @@
 """Frozen fine-tuning from the feature cache through the loop: the same training and test metrics as uncached."""
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from kdjax.errors import ConfigError
+from kdjax.export.source import load_finetune_run
 from kdjax.finetune.task import FineTune
+from kdjax.models.hf import from_pretrained
 from kdjax.train.loop import train_and_evaluate
+from kdjax.train.state import param_count
 from tests.finetune.test_finetune import _config, tiny_encoder  # noqa: F401  (the module's fixture)
 
 
@@ -28,6 +33,12 @@ def test_cached_run_equals_uncached(mode, sv_select, tiny_encoder, tiny_data_dir
         np.testing.assert_allclose(b["export"]["metrics"][metric], value, atol=1e-5, err_msg=metric)
     if mode == "kws":
         assert b["eval"]["kws/validation/accuracy"] == a["eval"]["kws/validation/accuracy"]
+        # the cached run's state holds the heads only; exported, it brings back its encoder from the cached folder
+        assert b["param_count"] == a["param_count"] - param_count(nnx.state(from_pretrained(tiny_encoder), nnx.Param))
+        (enc_a, kws_a, _), (enc_b, kws_b, _) = (load_finetune_run(tmp_path / n) for n in ("uncached", "cached"))
+        for x, y in ((enc_a, enc_b), (kws_a, kws_b)):
+            jax.tree.map(lambda u, v: np.testing.assert_allclose(v, u, rtol=1e-5, atol=1e-6),
+                         nnx.state(x, nnx.Param), nnx.state(y, nnx.Param))
     else:
         np.testing.assert_allclose(b["eval"]["sv/validation/eer"], a["eval"]["sv/validation/eer"], atol=1e-6)
         assert 0.0 <= b["eval"]["sv/validation/eer"] <= 1.0
