@@ -49,6 +49,9 @@ def load_finetune_run(workdir: str | os.PathLike):
 
     workdir = Path(workdir)
     results = json.loads((workdir / "results.json").read_text())
+    if results.get("preempted"):
+        raise CheckpointError(f"{workdir / 'results.json'}: the run was stopped before it finished (preempted); resume "
+                              "it (run the same command again) before exporting it")
     if "config" not in results:
         raise CheckpointError(f"{workdir / 'results.json'} has no 'config': expected a kdjax run's results")
     config = ml_collections.ConfigDict(results["config"])

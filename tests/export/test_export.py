@@ -1,5 +1,7 @@
 """Exported ONNX / LiteRT graphs against transformers (encoder) and the JAX model (KWS, SV): float32 parity on padded
 and unpadded inputs of three lengths, int8 size and agreement, and the CLI's errors."""
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -204,6 +206,14 @@ def test_cli_errors_name_the_problem(folders, tmp_path, capsys, argv, message):
     argv = [a.format(hf=folders["hubert_base_like"], tmp=tmp_path) for a in argv]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_a_run_that_was_stopped_before_it_finished(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"preempted": True, "config": {"task": "finetune"}}))
+    assert cli.main([str(run), str(tmp_path / "x.onnx")]) == 2
+    assert "stopped before it finished" in capsys.readouterr().err
 
 
 def test_unsupported_config_fails_naming_it():
