@@ -125,5 +125,6 @@ def sv_rows(embed_fn, caches: FeatureCaches, batch_size: int) -> tuple[np.ndarra
 
 
 def features(batch: dict) -> tuple[jax.Array, jax.Array]:
-    """(hidden states [L, B, T, H], frame mask [B, T]) of a cached SV batch."""
-    return cache_lib.layer_major(batch["hidden_states"]), batch["frame_mask"]
+    """(float32 hidden states [L, B, T, H], frame mask [B, T]) of a cached SV batch (training batches come in the
+    storage dtype)."""
+    return cache_lib.layer_major(jax.numpy.asarray(batch["hidden_states"], jax.numpy.float32)), batch["frame_mask"]

@@ -1,5 +1,6 @@
 """Frozen-feature cache: the pooled KWS identity, cached vs uncached head training, frame-space crops, stale caches,
 a killed cache pass, process-count independence and the command."""
+import dataclasses
 import functools
 import json
 import os
@@ -18,7 +19,7 @@ from flax import nnx
 import kdjax
 from kdjax.data import pipeline
 from kdjax.errors import ConfigError, DatasetError
-from kdjax.finetune import cache
+from kdjax.finetune import cache, cached
 from kdjax.finetune.cache import build, readers, store
 from kdjax.finetune.model import KWSDownstream, SVDownstream
 from kdjax.models.config import EncoderConfig
@@ -237,6 +238,19 @@ def test_sv_frames_held_in_memory_read_as_from_disk(sv_cache):
             np.testing.assert_array_equal(d[k], h[k])
 
 
+def test_half_precision_sv_crops_stay_in_the_storage_dtype_until_the_step(sv_cache, encoder_dir, encoder, cache_dir,
+                                                                           tiny_data_dir):
+    spec = dataclasses.replace(_sv_spec(encoder_dir, tiny_data_dir, pad_to=32000), dtype="float16")
+    half = store.CachedFeatures(cache.build_cache(spec, cache_dir, encoder, progress=False))
+    h = next(cache.sv_train_iterator(half, batch_size=4, crop_samples=16000, seed=2))
+    f = next(cache.sv_train_iterator(sv_cache, batch_size=4, crop_samples=16000, seed=2))
+    assert h["hidden_states"].dtype == np.float16 and f["hidden_states"].dtype == np.float32
+    hidden, mask = cached.features(h)  # what the heads see: float32, layer-major
+    assert hidden.dtype == np.float32 and hidden.shape == np.moveaxis(f["hidden_states"], 1, 0).shape
+    np.testing.assert_allclose(hidden, np.moveaxis(f["hidden_states"], 1, 0), rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(mask, f["frame_mask"])
+
+
 def test_sv_frame_crops_correspond_to_the_uncached_sample_crops(sv_cache, tiny_data_dir):
     crop = 16000  # shorter than most utterances: real random crops
     features = sv_cache
@@ -301,7 +315,7 @@ def test_killed_cache_pass_leaves_nothing_loadable(encoder_dir, kws_cache, tiny_
     cache_dir = str(tmp_path / "c")
     code = f"""
 import os, signal
-from kdjax.finetune import cache
+from kdjax.finetune import cache, cached
 from kdjax.finetune.cache import build, store
 if {kill_at!r} == "record":
     real, n = store.encode_record, [0]

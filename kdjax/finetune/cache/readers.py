@@ -2,8 +2,8 @@
 
     kws_train_iterator(cache, batch_size=8, seed=0)   # {"pooled": f32[b, L, H], "label", "speaker"}
     sv_train_iterator(cache, batch_size=8, crop_samples=48000, seed=0)
-                       # {"hidden_states": f32[b, L, T, H], "frame_mask": bool[b, T], "speaker", "label",
-                       #  "index", "crop_start"}; T = frames of crop_samples
+                       # {"hidden_states": [b, L, T, H] (storage dtype), "frame_mask": bool[b, T], "speaker",
+                       #  "label", "index", "crop_start"}; T = frames of crop_samples
     eval_batches(cache, batch_size=8)                 # every example in order, "valid" and "index" as pipeline's
     process_eval_batches(cache, global_batch_size=32) # this process's share, fixed shapes
 
@@ -144,8 +144,10 @@ def sv_train_iterator(cache: CachedFeatures, *, batch_size: int, crop_samples: i
         window = (n - cap) // 2 if cap and n > cap else 0  # the cache kept the centre `cap` samples
         x = rec["x"]
         first, length = crop_frames(x.shape[1], start - window, frames, stride)
-        out = np.zeros((x.shape[0], frames, x.shape[2]), np.float32)
-        out[:, :length] = x[:, first:first + length]  # converts to float32 only the cropped frames
+        # in the storage dtype: the step converts to float32 on the device (a float16 cache moves half the bytes
+        # through the host and skips numpy's slow float16 -> float32 conversion)
+        out = np.zeros((x.shape[0], frames, x.shape[2]), x.dtype)
+        out[:, :length] = x[:, first:first + length]
         return {"hidden_states": out, "frame_mask": np.arange(frames) < length, "crop_start": np.int32(start),
                 **_labels(rec)}
 
