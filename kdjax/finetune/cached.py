@@ -40,7 +40,7 @@ def check(cfg: Any, one_stage_on: bool) -> None:
                               f"(only {default!r}); run uncached (cache='') for that")
 
 
-SV_EVAL_MEMORY_BYTES = 2**31  # the SV evaluation split's padded float32 batches are kept in memory up to this
+SV_EVAL_MEMORY_BYTES = 2**31  # the SV evaluation split's padded batches are kept in memory up to this
 
 
 class FeatureCaches:
@@ -93,11 +93,11 @@ class FeatureCaches:
             return iter(self._sv_eval_held)
         cache = self.caches["sv", self.sv_eval_split]
         if self._sv_eval_frames is None:  # read every record once, not at every evaluation
-            self._sv_eval_frames = max(cache[i]["x"].shape[1] for i in range(len(cache)))
+            self._sv_eval_frames = max(cache.record(i)["x"].shape[1] for i in range(len(cache)))
         batches = cache_lib.process_eval_batches(cache, global_batch_size=global_batch_size,
                                                  frames_to=self._sv_eval_frames)
-        first = cache[0]["x"]
-        padded = len(cache) * first.shape[0] * self._sv_eval_frames * first.shape[2] * 4  # float32 bytes
+        first = cache.record(0)["x"]
+        padded = len(cache) * first.shape[0] * self._sv_eval_frames * first.shape[2] * first.dtype.itemsize
         if padded > SV_EVAL_MEMORY_BYTES:
             return batches
         self._sv_eval_held = list(batches)

@@ -238,7 +238,7 @@ def test_sv_frames_held_in_memory_read_as_from_disk(sv_cache):
             np.testing.assert_array_equal(d[k], h[k])
 
 
-def test_half_precision_sv_crops_stay_in_the_storage_dtype_until_the_step(sv_cache, encoder_dir, encoder, cache_dir,
+def test_half_precision_sv_frames_stay_in_the_storage_dtype_until_the_step(sv_cache, encoder_dir, encoder, cache_dir,
                                                                            tiny_data_dir):
     spec = dataclasses.replace(_sv_spec(encoder_dir, tiny_data_dir, pad_to=32000), dtype="float16")
     half = store.CachedFeatures(cache.build_cache(spec, cache_dir, encoder, progress=False))
@@ -249,6 +249,9 @@ def test_half_precision_sv_crops_stay_in_the_storage_dtype_until_the_step(sv_cac
     assert hidden.dtype == np.float32 and hidden.shape == np.moveaxis(f["hidden_states"], 1, 0).shape
     np.testing.assert_allclose(hidden, np.moveaxis(f["hidden_states"], 1, 0), rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(mask, f["frame_mask"])
+    h, f = (next(cache.eval_batches(c, batch_size=4)) for c in (half, sv_cache))  # test / validation batches too
+    assert h["hidden_states"].dtype == np.float16
+    np.testing.assert_allclose(cached.features(h)[0], np.moveaxis(f["hidden_states"], 1, 0), rtol=1e-3, atol=1e-3)
 
 
 def test_sv_frame_crops_correspond_to_the_uncached_sample_crops(sv_cache, tiny_data_dir):

@@ -4,7 +4,8 @@
     sv_train_iterator(cache, batch_size=8, crop_samples=48000, seed=0)
                        # {"hidden_states": [b, L, T, H] (storage dtype), "frame_mask": bool[b, T], "speaker",
                        #  "label", "index", "crop_start"}; T = frames of crop_samples
-    eval_batches(cache, batch_size=8)                 # every example in order, "valid" and "index" as pipeline's
+    eval_batches(cache, batch_size=8)                 # every example in order (frames in the storage dtype), "valid"
+                                                      # and "index" as pipeline's
     process_eval_batches(cache, global_batch_size=32) # this process's share, fixed shapes
 
 The training iterators build the same grain graph as pipeline.train_iterator (source -> shuffle(seed) -> repeat ->
@@ -156,7 +157,9 @@ def sv_train_iterator(cache: CachedFeatures, *, batch_size: int, crop_samples: i
 
 
 def _batch(cache: CachedFeatures, take: Sequence[int], batch_size: int, frames_to: int | None) -> dict:
-    recs = [cache[i] for i in take]
+    # frames stay in the storage dtype (the step converts them on the device, kdjax.finetune.cached.features): a
+    # float16 cache's SV test batches took 0.14 s each to convert and pad on the host
+    recs = [cache.record(i) if cache.kind == "frames" else cache[i] for i in take]
     pad = batch_size - len(recs)
     out: dict[str, Any] = {k: np.stack([_labels(r)[k] for r in recs] + [np.int32(0)] * pad)
                            for k in ("label", "speaker")}
@@ -168,7 +171,7 @@ def _batch(cache: CachedFeatures, take: Sequence[int], batch_size: int, frames_t
     else:
         longest = max(rec["x"].shape[1] for rec in recs)
         t = longest if frames_to is None else max(frames_to, longest)
-        out["hidden_states"] = np.zeros((batch_size, x0.shape[0], t, x0.shape[2]), np.float32)
+        out["hidden_states"] = np.zeros((batch_size, x0.shape[0], t, x0.shape[2]), x0.dtype)
         out["frame_mask"] = np.zeros((batch_size, t), bool)
         for r, rec in enumerate(recs):
             out["hidden_states"][r, :, :rec["x"].shape[1]] = rec["x"]
