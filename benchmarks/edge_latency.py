@@ -75,7 +75,8 @@ def measure_model(name: str, threads: int, repeats: int) -> list[dict]:
         add("jax.jit float32", lambda: forward(audio, mask).block_until_ready(), hf_dir / "model.safetensors")
         for fmt, fixed in (("onnx", None), ("tflite", None), ("tflite", (1, samples))):
             floating = api.export((encoder, None, None), tmp / f"float.{fmt}", fmt=fmt, layers=last, fixed_shape=fixed)
-            quantized = api.backend_for(fmt).quantize_dynamic(floating, tmp / f"int8.{fmt}")
+            quantized = api.export((encoder, None, None), tmp / f"int8.{fmt}", fmt=fmt, quantize="dynamic-int8",
+                                   layers=last, fixed_shape=fixed)
             label = {"onnx": "onnxruntime"}.get(fmt, "LiteRT fixed 1x1s" if fixed else "LiteRT")
             for kind, path in (("float32", floating), ("dynamic int8", quantized)):
                 run = api.runner(path, threads=threads)

@@ -49,7 +49,7 @@ def convert(graph: Graph, path: str | os.PathLike) -> Path:
         raise ConfigError(f"export --format onnx: jax2onnx cannot convert this graph: {e}") from e
     import onnx
 
-    _fold_weight_transposes(model)
+    _fold_weight_layouts(model)
     _einsum_to_matmul(model)
     _drop_unused_gemm_bias(model)
     path = Path(path)
@@ -60,29 +60,41 @@ def convert(graph: Graph, path: str | os.PathLike) -> Path:
 _DENSE = re.compile(r"^([a-z]*)([a-z]),\2([a-z])->\1\3$")
 
 
-def _fold_weight_transposes(model) -> int:
-    """Replace Transpose(weight initializer) by the transposed initializer (jax2onnx transposes conv kernels at run
-    time; a quantizer only quantizes weights that are initializers)."""
+def _fold_weight_layouts(model) -> int:
+    """Replace Transpose / Reshape of a weight initializer by the transposed or reshaped initializer (jax2onnx
+    transposes conv kernels and reshapes the conv-as-matmul kernels at run time; a quantizer only quantizes weights
+    that are initializers). Repeats until nothing folds (a reshape of a transpose, say)."""
     from onnx import numpy_helper
 
-    inits = {t.name: t for t in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    folded = []
-    for node in model.graph.node:
-        if node.op_type != "Transpose" or node.input[0] not in inits or uses[node.input[0]] != 1:
-            continue
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        value = numpy_helper.to_array(inits[node.input[0]])
-        value = value.transpose(perm) if perm else value.T
-        model.graph.initializer.remove(inits[node.input[0]])
-        model.graph.initializer.append(numpy_helper.from_array(value.copy(), node.output[0]))
-        folded.append(node)
-    for node in folded:
-        model.graph.node.remove(node)
-    return len(folded)
+    total = 0
+    while True:
+        inits = {t.name: t for t in model.graph.initializer}
+        uses: dict[str, int] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                uses[name] = uses.get(name, 0) + 1
+        folded = []
+        for node in model.graph.node:
+            if node.op_type not in ("Transpose", "Reshape") or node.input[0] not in inits or uses[node.input[0]] != 1:
+                continue
+            value = numpy_helper.to_array(inits[node.input[0]])
+            if node.op_type == "Transpose":
+                perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+                value = value.transpose(perm) if perm else value.T
+            else:
+                if len(node.input) < 2 or node.input[1] not in inits:
+                    continue
+                shape = [value.shape[i] if d == 0 else int(d)
+                         for i, d in enumerate(numpy_helper.to_array(inits[node.input[1]]))]
+                value = value.reshape(shape)
+            model.graph.initializer.remove(inits[node.input[0]])
+            model.graph.initializer.append(numpy_helper.from_array(value.copy(), node.output[0]))
+            folded.append(node)
+        for node in folded:
+            model.graph.node.remove(node)
+        total += len(folded)
+        if not folded:
+            return total
 
 
 def _drop_unused_gemm_bias(model) -> int:
@@ -118,17 +130,18 @@ def _einsum_to_matmul(model) -> int:
     return count
 
 
-def _feature_convs(model) -> list[str]:
-    """Names of the ungrouped Conv nodes (the conv feature encoder and TDNN heads; the positional conv is grouped)."""
+def _convs(model, *, grouped: bool) -> list[str]:
+    """Names of the Conv nodes: the ungrouped ones (a conv feature encoder traced natively, the TDNN heads), or all of
+    them (with the grouped positional conv)."""
     def group(node):
         return next((a.i for a in node.attribute if a.name == "group"), 1)
 
-    return [n.name for n in model.graph.node if n.op_type == "Conv" and group(n) == 1]
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and (grouped or group(n) == 1)]
 
 
 def _weight_only_int8(model, nodes: list[str]) -> None:
     """Store these Conv nodes' weights as int8 (per output channel) + DequantizeLinear: a quarter of the bytes, float
-    compute. Quantizing their activations instead wrecks the output (relative error up to 1.0 on the demo teacher)."""
+    compute."""
     from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
@@ -155,14 +168,16 @@ def _weight_only_int8(model, nodes: list[str]) -> None:
 
 
 def quantize_dynamic(src: Path, dst: Path) -> Path:
-    """Dynamic int8: MatMul / Gemm / the grouped positional Conv with int8 weights (per channel) and activations
-    quantized on the fly; the other convolutions (feature encoder, TDNN heads) int8 weight-only."""
+    """Dynamic int8: MatMul / Gemm (the transformer, and the conv feature encoder that kdjax.export traces as
+    matmuls) with int8 weights (per channel) and activations quantized on the fly; every Conv (positional conv,
+    TDNN heads) int8 weight-only: onnxruntime's dynamic ConvInteger ran the DistilHuBERT-size positional conv 2.2x
+    slower than its float Conv."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic as qd
 
-    convs = _feature_convs(onnx.load(str(src)))
+    convs = _convs(onnx.load(str(src)), grouped=True)
     qd(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-       op_types_to_quantize=["MatMul", "Gemm", "Conv"], nodes_to_exclude=convs)
+       op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=convs)
     model = onnx.load(str(dst))
     _weight_only_int8(model, convs)
     onnx.save(model, str(dst))
@@ -171,7 +186,8 @@ def quantize_dynamic(src: Path, dst: Path) -> Path:
 
 def quantize_static(src: Path, dst: Path, calibration: Iterable[dict[str, np.ndarray]]) -> Path:
     """Static int8 (QDQ): int8 weights per channel and int8 activations with ranges calibrated on `calibration`
-    for MatMul / Gemm / the positional Conv; the other convolutions int8 weight-only (see quantize_dynamic)."""
+    for MatMul / Gemm / the positional Conv; the other convolutions (feature encoder, TDNN heads) int8 weight-only:
+    with calibrated per-tensor ranges their activations lose quiet frames."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static as qs
 
     class Reader(CalibrationDataReader):
@@ -191,7 +207,7 @@ def quantize_static(src: Path, dst: Path, calibration: Iterable[dict[str, np.nda
             prepared = src
         import onnx
 
-        convs = _feature_convs(onnx.load(str(prepared)))
+        convs = _convs(onnx.load(str(prepared)), grouped=False)
         qs(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
            op_types_to_quantize=["MatMul", "Gemm", "Conv"], nodes_to_exclude=convs)

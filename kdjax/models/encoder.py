@@ -83,7 +83,9 @@ class ConvLayer(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = featconv.apply(self.conv, x)  # self.conv(x), unless featconv.IMPL selects another backward pass
-        if self.norm_kind:
+        if self.norm_kind == "group" and featconv.FORWARD == "matmul":
+            x = featconv.channel_norm(x, self.norm.scale[...], self.norm.bias[...], self.norm.epsilon)
+        elif self.norm_kind:
             x = self.norm(x)
         return self.activation(x)
 
@@ -265,12 +267,17 @@ class Encoder(nnx.Module):
         keys = list(jax.random.split(rng, 5)) if rng is not None and not deterministic else [None] * 5
 
         x = input_values.astype(jnp.dtype(cfg.dtype))
+        # The frame mask first: in an export with a symbolic length it is the first tensor with the frame axis,
+        # from which the exporter recovers the sizes of the conv stack's slices (kdjax.models.featconv).
+        frame_mask = None
+        if attention_mask is not None:
+            frames = conv_output_lengths(cfg, attention_mask.shape[1])
+            frame_mask = frame_mask_from_attention_mask(cfg, attention_mask,
+                                                        max(frames, 0) if isinstance(frames, int) else frames)
         features = self.feature_encoder(x)
         batch, frames, _ = features.shape
-        if attention_mask is None:
+        if frame_mask is None:
             frame_mask = jnp.ones((batch, frames), dtype=bool)
-        else:
-            frame_mask = frame_mask_from_attention_mask(cfg, attention_mask, frames)
         h = _dropout(self.feature_projection(features), cfg.feat_proj_dropout, keys[0])
         if mask_time_indices is not None:
             if self.masked_spec_embed is None:

@@ -6,9 +6,13 @@ of those blocks with the output gradient, and its input gradient two matmuls of 
 taps, folded back into blocks. `IMPL = "matmul"` computes the backward pass so (the forward stays XLA's native conv);
 "native" (the default) lets XLA differentiate its conv. Measured on a 2-core CPU, the matmul form was not faster
 (docs/performance.md), so it stays an opt-in for re-measurement on other machines.
+
+The forward pass can be traced as matmuls too (`forward("matmul")`, `conv_as_matmul`, `channel_norm`): kdjax.export
+does so for int8 graphs, where onnxruntime's int8 matmuls are ~4x faster than its float convolutions.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -18,6 +22,22 @@ from flax import nnx
 from kdjax.errors import ConfigError
 
 IMPL = "native"  # "native" | "matmul" (module-level switch read at trace time; not part of EncoderConfig)
+FORWARD = "native"  # "native" | "matmul": the forward pass as a conv, or as matmuls for int8 runtimes (`forward`)
+
+
+@contextlib.contextmanager
+def forward(impl: str):
+    """Trace the conv stack's forward pass as `impl` inside the block: "matmul" writes each conv as one matmul over
+    frame blocks and the first layer's GroupNorm with matmul sums (what int8 runtimes run fast; kdjax.export uses it
+    for int8 graphs), "native" as XLA's conv."""
+    global FORWARD
+    if impl not in ("native", "matmul"):
+        raise ConfigError(f"kdjax.models.featconv.forward({impl!r}): expected 'native' or 'matmul'")
+    before, FORWARD = FORWARD, impl
+    try:
+        yield
+    finally:
+        FORWARD = before
 
 
 def _native(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
@@ -30,8 +50,44 @@ def _blocks(x: jax.Array, kernel: int, stride: int) -> tuple[jax.Array, int, int
     out = (frames - kernel) // stride + 1
     nb = out + (1 if kernel > stride else 0)
     need = nb * stride
-    x = jnp.pad(x, ((0, 0), (0, need - frames), (0, 0))) if need > frames else x[:, :need]
+    if need > frames:  # zero frames appended by concatenation, not jnp.pad: the ONNX exporter cannot pad a tensor of
+        x = jnp.concatenate([x, jnp.zeros_like(jax.lax.slice_in_dim(x, 0, need - frames, axis=1))], 1)  # symbolic
+    else:  # shape; slices, not indexing, which would become a gather
+        x = jax.lax.slice_in_dim(x, 0, need, axis=1)
     return x.reshape(batch, nb, stride * channels), out, nb
+
+
+def conv_as_matmul(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """`_native(x, w, stride)` as one matmul: output frame t reads block t and the first K - s frames of block t + 1
+    (a matmul is what int8 runtimes run fastest; their integer convolutions are slower than float ones)."""
+    kernel, c_in, c_out = w.shape
+    if kernel > 2 * stride:
+        raise ConfigError(f"conv_as_matmul: kernel {kernel} > 2 x stride {stride} is not supported")
+    blk, out, _ = _blocks(x, kernel, stride)
+    # Slices whose sizes are affine in the symbolic frame count: the exporters follow them once a tensor with that
+    # frame axis exists (kdjax.models.encoder computes the frame mask before the conv stack for this).
+    cols = jax.lax.slice_in_dim(blk, 0, out, axis=1)
+    if kernel > stride:
+        tail = jax.lax.slice_in_dim(jax.lax.slice_in_dim(blk, 1, out + 1, axis=1), 0, (kernel - stride) * c_in, axis=2)
+        cols = jnp.concatenate([cols, tail], -1)
+    elif kernel < stride:
+        cols = jax.lax.slice_in_dim(cols, 0, kernel * c_in, axis=2)
+    # Each row divided by its largest magnitude, the product scaled back: the same value, but a dynamic int8
+    # quantizer's one range per tensor then fits every frame (unnormalised conv activations follow the signal's
+    # loudness: frames of a silence quantized with the range of a loud vowel came out as zeros).
+    scale = jnp.maximum(jnp.abs(cols).max(-1, keepdims=True), 1e-12)
+    return ((cols / scale) @ w.reshape(kernel * c_in, c_out)) * scale
+
+
+def channel_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    """GroupNorm with one group per channel (each channel over time) on [B, T, C], its sums over time as matmuls with
+    a ones row: onnxruntime reduces a [1, 3199, 512] tensor over its middle axis 10x slower, and its transpose
+    optimiser moves a transpose put in front of the reduction back out of it."""
+    ones = jnp.swapaxes(x.sum(-1, keepdims=True) * 0 + 1, 1, 2)  # [B, 1, T], from x: no constant of symbolic shape
+    count = ones.sum(-1, keepdims=True)
+    mean = (ones @ x) / count
+    var = (ones @ jnp.square(x - mean)) / count
+    return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
 
 
 def conv_backward(x: jax.Array, w: jax.Array, dy: jax.Array, stride: int) -> tuple[jax.Array, jax.Array]:
@@ -69,6 +125,9 @@ strided_conv_mm.defvjp(lambda x, w, stride: (_native(x, w, stride), (x, w)),
 
 def apply(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     """`conv(x)` for a VALID, undilated nnx.Conv over [B, T, C], with the backward pass of `IMPL`."""
+    if FORWARD == "matmul":
+        y = conv_as_matmul(x, conv.kernel[...], int(conv.strides[0]))
+        return y if conv.bias is None else y + conv.bias[...]
     if IMPL == "native":
         return conv(x)
     if IMPL != "matmul":
