@@ -94,7 +94,11 @@ def _fold_weight_layouts(model) -> int:
             model.graph.node.remove(node)
         total += len(folded)
         if not folded:
-            return total
+            break
+    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    for tensor in [t for t in model.graph.initializer if t.name not in used]:  # the folded reshapes' shapes
+        model.graph.initializer.remove(tensor)
+    return total
 
 
 def _drop_unused_gemm_bias(model) -> int:
@@ -139,6 +143,16 @@ def _convs(model, *, grouped: bool) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type == "Conv" and (grouped or group(n) == 1)]
 
 
+def _shallow_matmuls(model) -> list[str]:
+    """MatMul nodes whose weight has fewer than featconv.INT8_MIN_DEPTH input rows (the first conv as a matmul:
+    10 x 512): int8 costs them more in quantizing their input than it saves."""
+    from kdjax.models.featconv import INT8_MIN_DEPTH
+
+    depth = {t.name: t.dims[0] for t in model.graph.initializer if len(t.dims) == 2}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and len(n.input) > 1 and depth.get(n.input[1], INT8_MIN_DEPTH) < INT8_MIN_DEPTH]
+
+
 def _weight_only_int8(model, nodes: list[str]) -> None:
     """Store these Conv nodes' weights as int8 (per output channel) + DequantizeLinear: a quarter of the bytes, float
     compute."""
@@ -175,9 +189,10 @@ def quantize_dynamic(src: Path, dst: Path) -> Path:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic as qd
 
-    convs = _convs(onnx.load(str(src)), grouped=True)
+    model = onnx.load(str(src))
+    convs = _convs(model, grouped=True)
     qd(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-       op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=convs)
+       op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=convs + _shallow_matmuls(model))
     model = onnx.load(str(dst))
     _weight_only_int8(model, convs)
     onnx.save(model, str(dst))

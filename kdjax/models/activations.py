@@ -1,6 +1,6 @@
 """Activation functions by their Hugging Face names (transformers' ACT2FN), each computing what transformers computes.
 
-"gelu" is the exact erf form, as in PyTorch. Only parameter-free activations are here: transformers' "prelu" and
+"gelu" is the exact erf form, written as PyTorch writes it. Only parameter-free activations are here: transformers' "prelu" and
 "xielu" carry learned parameters that wav2vec 2.0-family checkpoints never use.
 """
 import functools
@@ -9,7 +9,15 @@ import math
 import jax
 import jax.numpy as jnp
 
-_gelu = functools.partial(jax.nn.gelu, approximate=False)
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU as PyTorch writes it, x (1 + erf(x / sqrt 2)) / 2: in this form onnxruntime fuses the exported ops
+    into one Gelu kernel (jax.nn.gelu's erfc form exports as six elementwise passes: ~7 ms of a DistilHuBERT-size
+    int8 graph's 45 ms per second of audio)."""
+    return x * (1.0 + jax.lax.erf(x / math.sqrt(2.0))) * 0.5
+
+
 _gelu_tanh = functools.partial(jax.nn.gelu, approximate=True)
 
 ACTIVATIONS = {

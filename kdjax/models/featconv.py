@@ -22,6 +22,7 @@ from flax import nnx
 from kdjax.errors import ConfigError
 
 IMPL = "native"  # "native" | "matmul" (module-level switch read at trace time; not part of EncoderConfig)
+INT8_MIN_DEPTH = 64  # matmuls over fewer inputs (the first conv: kernel 10 x 1 channel) stay float in int8 graphs
 FORWARD = "native"  # "native" | "matmul": the forward pass as a conv, or as matmuls for int8 runtimes (`forward`)
 
 
@@ -72,22 +73,27 @@ def conv_as_matmul(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
         cols = jnp.concatenate([cols, tail], -1)
     elif kernel < stride:
         cols = jax.lax.slice_in_dim(cols, 0, kernel * c_in, axis=2)
+    w = w.reshape(kernel * c_in, c_out)
+    if kernel * c_in < INT8_MIN_DEPTH:  # the first layer: left in float by the quantizers, so no row scaling
+        return cols @ w
     # Each row divided by its largest magnitude, the product scaled back: the same value, but a dynamic int8
     # quantizer's one range per tensor then fits every frame (unnormalised conv activations follow the signal's
     # loudness: frames of a silence quantized with the range of a loud vowel came out as zeros).
     scale = jnp.maximum(jnp.abs(cols).max(-1, keepdims=True), 1e-12)
-    return ((cols / scale) @ w.reshape(kernel * c_in, c_out)) * scale
+    return ((cols * (1.0 / scale)) @ w) * scale
 
 
 def channel_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
     """GroupNorm with one group per channel (each channel over time) on [B, T, C], its sums over time as matmuls with
     a ones row: onnxruntime reduces a [1, 3199, 512] tensor over its middle axis 10x slower, and its transpose
-    optimiser moves a transpose put in front of the reduction back out of it."""
-    ones = jnp.swapaxes(x.sum(-1, keepdims=True) * 0 + 1, 1, 2)  # [B, 1, T], from x: no constant of symbolic shape
+    optimiser moves a transpose put in front of the reduction back out of it. The affine parts fold into one
+    multiply-add per element."""
+    ones = jnp.swapaxes(jax.lax.slice_in_dim(x, 0, 1, axis=2) * 0 + 1, 1, 2)  # [B, 1, T], no constant of symbolic shape
     count = ones.sum(-1, keepdims=True)
     mean = (ones @ x) / count
-    var = (ones @ jnp.square(x - mean)) / count
-    return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+    var = (ones @ jnp.square(x)) / count - jnp.square(mean)
+    gain = jax.lax.rsqrt(jnp.maximum(var, 0.0) + epsilon) * scale
+    return x * gain + (bias - mean * gain)
 
 
 def conv_backward(x: jax.Array, w: jax.Array, dy: jax.Array, stride: int) -> tuple[jax.Array, jax.Array]:

@@ -49,9 +49,10 @@ def test_encoder_gradients_match_with_matmul_backward(monkeypatch):
         model(x)
 
 
-# the same three cases, plus a frame count where K > s needs no padding and one where K == s uses every frame
-@pytest.mark.parametrize("kernel,stride,frames,c_in", [(10, 5, 103, 1), (10, 5, 105, 1), (3, 2, 41, 8),
-                                                       (2, 2, 41, 8), (2, 2, 40, 8)])
+# the same three cases (wide enough for the row-scaled form, kernel x c_in >= INT8_MIN_DEPTH, except the first
+# layer's), plus a frame count where K > s needs no padding and one where K == s uses every frame
+@pytest.mark.parametrize("kernel,stride,frames,c_in", [(10, 5, 103, 1), (10, 5, 105, 1), (3, 2, 41, 32),
+                                                       (2, 2, 41, 32), (2, 2, 40, 32), (3, 2, 41, 8)])
 def test_conv_as_matmul_equals_native_conv(kernel, stride, frames, c_in):
     kx, kw = jax.random.split(jax.random.key(2))
     x = jax.random.normal(kx, (2, frames, c_in)) * jnp.linspace(0.01, 30.0, frames)[None, :, None]  # loud and quiet
