@@ -1,7 +1,7 @@
 """Activation functions by their Hugging Face names (transformers' ACT2FN), each computing what transformers computes.
 
-"gelu" is the exact erf form, written as PyTorch writes it. Only parameter-free activations are here: transformers' "prelu" and
-"xielu" carry learned parameters that wav2vec 2.0-family checkpoints never use.
+"gelu" is the exact erf form, written as PyTorch writes it. Only parameter-free activations are here: transformers'
+"prelu" and "xielu" carry learned parameters that wav2vec 2.0-family checkpoints never use.
 """
 import functools
 import math

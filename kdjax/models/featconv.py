@@ -63,7 +63,8 @@ def conv_as_matmul(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     (a matmul is what int8 runtimes run fastest; their integer convolutions are slower than float ones)."""
     kernel, c_in, c_out = w.shape
     if kernel > 2 * stride:
-        raise ConfigError(f"conv_as_matmul: kernel {kernel} > 2 x stride {stride} is not supported")
+        raise ConfigError(f"conv_as_matmul: a conv of kernel {kernel} > 2 x stride {stride} is not supported (the "
+                          "matmul form of dynamic-int8 exports; export it with --quantize none or static-int8)")
     blk, out, _ = _blocks(x, kernel, stride)
     # Slices whose sizes are affine in the symbolic frame count: the exporters follow them once a tensor with that
     # frame axis exists (kdjax.models.encoder computes the frame mask before the conv stack for this).
