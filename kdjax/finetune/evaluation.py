@@ -97,17 +97,20 @@ def kws_test(logits_fn: Callable, cfg: Any, max_samples: int, caches: Any = None
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def sv_test(embed_fn: Callable, cfg: Any, caches: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine scores, target labels) of the test trial list; embed_fn(batch) -> embeddings."""
+def sv_test(embed_fn: Callable, cfg: Any, caches: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cosine scores, target labels, [N, 2] speaker index of both sides) of the test trial list; embed_fn(batch) ->
+    embeddings. The speakers come from the scored batches, not from reading the split again (2 s for the demo's 800
+    test utterances)."""
     name, split = trial_list(cfg, "test")
-    if caches is not None:  # the cached test split is the one the trial lists index (kdjax.finetune.cache.run_specs)
-        from kdjax.finetune import cached
-
-        index, emb, valid = cached.sv_rows(embed_fn, caches, int(cfg.eval_batch_size))
-    else:
-        rows = [(b["index"], np.asarray(embed_fn(b)), b["valid"]) for b in sv_batches(cfg, split, in_loop=False)]
-        index, emb, valid = (np.concatenate(x) for x in zip(*rows))
-    return sv_scores(cfg, split, name, index, emb, valid)
+    # the cached test split is the one the trial lists index (kdjax.finetune.cache.run_specs)
+    batches = (caches.test_batches("sv", int(cfg.eval_batch_size)) if caches is not None else
+               sv_batches(cfg, split, in_loop=False))
+    rows = [(b["index"], np.asarray(embed_fn(b)), b["valid"], b["speaker"]) for b in batches]
+    index, emb, valid, speaker = (np.concatenate(x) for x in zip(*rows))
+    count, trial_rows = _trial_rows(cfg.sv_dataset, cfg.data_dir, split, name)
+    speakers = np.full(count, -1, np.int64)
+    speakers[index[valid]] = speaker[valid]
+    return (*sv_scores(cfg, split, name, index, emb, valid), speakers[trial_rows[:, 1:]])
 
 
 def test_metrics(streams: tuple[str, ...], logits_fn: Callable, embed_fn: Callable, cfg: Any, kws_samples: int,
@@ -121,9 +124,7 @@ def test_metrics(streams: tuple[str, ...], logits_fn: Callable, embed_fn: Callab
         out["class_names"] = label_names
         out["kws_predictions"] = {"predictions": np.argmax(logits, -1).tolist(), "labels": labels.tolist()}
     if "sv" in streams:
-        scores, labels = sv_test(jax.jit(embed_fn), cfg, caches)
+        scores, labels, speakers = sv_test(jax.jit(embed_fn), cfg, caches)
         out["metrics"].update({f"sv/test/{k}": v for k, v in eval_metrics.sv_metrics(scores, labels).items()})
-        name, split = trial_list(cfg, "test")
-        out["sv_scores"] = {"scores": scores.tolist(), "labels": labels.tolist(),
-                            "speakers": trial_speakers(cfg, split, name).tolist()}
+        out["sv_scores"] = {"scores": scores.tolist(), "labels": labels.tolist(), "speakers": speakers.tolist()}
     return out

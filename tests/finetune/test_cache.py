@@ -238,6 +238,21 @@ def test_sv_frames_held_in_memory_read_as_from_disk(sv_cache):
             np.testing.assert_array_equal(d[k], h[k])
 
 
+def test_longest_frames_from_the_clip_lengths_match_the_records(sv_cache, encoder_dir, encoder, cache_dir,
+                                                                tiny_data_dir):
+    capped = dataclasses.replace(_sv_spec(encoder_dir, tiny_data_dir, pad_to=8000, split="test"), max_samples=20000)
+    for features in (sv_cache, store.CachedFeatures(cache.build_cache(capped, cache_dir, encoder, progress=False))):
+        lengths = [features.record(i)["x"].shape[1] for i in range(len(features))]
+        assert readers.longest_frames(features) == max(lengths)
+    assert max(lengths) == readers.num_frames(20000, features.frame_stride, features.manifest["receptive_field"])
+    # a run's test batches come in one shape, however long each batch's own utterances are (sv_cache: 1-2 s clips)
+    caches = object.__new__(cached.FeatureCaches)
+    caches.caches = {("sv", "test"): sv_cache}
+    shapes = {b["hidden_states"].shape[2] for b in caches.test_batches("sv", batch_size=2)}
+    assert shapes == {readers.longest_frames(sv_cache)}
+    assert len({sv_cache.record(i)["x"].shape[1] for i in range(len(sv_cache))}) > 1
+
+
 def test_half_precision_sv_frames_stay_in_the_storage_dtype_until_the_step(sv_cache, encoder_dir, encoder, cache_dir,
                                                                            tiny_data_dir):
     spec = dataclasses.replace(_sv_spec(encoder_dir, tiny_data_dir, pad_to=32000), dtype="float16")

@@ -6,6 +6,7 @@ from flax import nnx
 
 from kdjax.errors import ConfigError
 from kdjax.export.source import load_finetune_run
+from kdjax.finetune.evaluation import trial_speakers
 from kdjax.finetune.task import FineTune
 from kdjax.models.hf import from_pretrained
 from kdjax.train.loop import train_and_evaluate
@@ -42,6 +43,12 @@ def test_cached_run_equals_uncached(mode, sv_select, tiny_encoder, tiny_data_dir
     else:
         np.testing.assert_allclose(b["eval"]["sv/validation/eer"], a["eval"]["sv/validation/eer"], atol=1e-6)
         assert 0.0 <= b["eval"]["sv/validation/eer"] <= 1.0
+        # the trials' speakers (for the speaker bootstrap) come from the scored batches: those the split holds
+        cfg = _config(mode, "steps=4", tiny_encoder, tiny_data_dir).finetune
+        expected = trial_speakers(cfg, "test", "test")
+        assert (expected >= 0).all() and len(np.unique(expected)) > 1
+        for run in (a, b):
+            np.testing.assert_array_equal(run["export"]["sv_scores"]["speakers"], expected)
 
 
 def test_cache_needs_a_frozen_two_stage_run(tiny_encoder, tiny_data_dir, tmp_path):  # noqa: F811

@@ -32,6 +32,14 @@ def num_frames(num_samples: int, frame_stride: int, receptive_field: int) -> int
     return max((int(num_samples) - receptive_field) // frame_stride + 1, 0)
 
 
+def longest_frames(cache: CachedFeatures) -> int:
+    """Frames of a frames cache's longest record, from the clip lengths kept beside the records (none is read): the
+    cache pass keeps the centre max_samples of a longer clip (0: no cap) and every valid frame of the rest."""
+    cap = int(cache.fingerprint["preprocessing"]["max_samples"])
+    longest = int(np.max(cache.num_samples)) if len(cache) else 0
+    return num_frames(min(longest, cap) if cap else longest, cache.frame_stride, int(cache.manifest["receptive_field"]))
+
+
 def crop_frames(cached_frames: int, offset_samples: int, crop_frames_: int, frame_stride: int) -> tuple[int, int]:
     """(first frame, length) of the frame-space crop for a sample crop at `offset_samples` into the cached window.
 
