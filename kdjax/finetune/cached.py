@@ -106,7 +106,7 @@ class FeatureCaches:
     def test_batches(self, stream: str, batch_size: int) -> Iterator[dict]:
         """Every test example, in order, with "valid" and "index" as pipeline.eval_batches; SV frames padded to the
         split's longest utterance: one shape, one compilation (padding each batch to its own longest compiled the
-        scoring function once per batch: ~6 s of the demo teacher's 800 test utterances, their scoring ~1 s)."""
+        scoring function once per batch; the heads ignore padded frames)."""
         cache = self.caches[stream, "test"]
         longest = cache_lib.longest_frames(cache) if cache.kind == "frames" else None
         return cache_lib.eval_batches(cache, batch_size=batch_size, frames_to=longest)
