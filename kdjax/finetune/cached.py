@@ -61,7 +61,7 @@ class FeatureCaches:
         if sv_eval_split and sv_eval_split != "test" and "sv" in streams:
             specs.append(dataclasses.replace(next(s for s in specs if s.kind == "frames" and s.split == "test"),
                                              split=sv_eval_split))
-        self.sv_eval_split, self._sv_eval_frames, self._sv_eval_held = sv_eval_split, None, None
+        self.sv_eval_split, self._sv_eval_held = sv_eval_split, None
         encoder = hf.from_pretrained(encoder_dir, **overrides)  # once, for every split
         self.caches = {}
         for spec in specs:
@@ -92,12 +92,10 @@ class FeatureCaches:
         if self._sv_eval_held is not None:
             return iter(self._sv_eval_held)
         cache = self.caches["sv", self.sv_eval_split]
-        if self._sv_eval_frames is None:
-            self._sv_eval_frames = cache_lib.longest_frames(cache)
-        batches = cache_lib.process_eval_batches(cache, global_batch_size=global_batch_size,
-                                                 frames_to=self._sv_eval_frames)
+        frames = cache_lib.longest_frames(cache)
+        batches = cache_lib.process_eval_batches(cache, global_batch_size=global_batch_size, frames_to=frames)
         first = cache.record(0)["x"]
-        padded = len(cache) * first.shape[0] * self._sv_eval_frames * first.shape[2] * first.dtype.itemsize
+        padded = len(cache) * first.shape[0] * frames * first.shape[2] * first.dtype.itemsize
         if padded > SV_EVAL_MEMORY_BYTES:
             return batches
         self._sv_eval_held = list(batches)
