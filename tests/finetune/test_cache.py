@@ -244,7 +244,7 @@ def test_longest_frames_from_the_clip_lengths_match_the_records(sv_cache, encode
     for features in (sv_cache, store.CachedFeatures(cache.build_cache(capped, cache_dir, encoder, progress=False))):
         lengths = [features.record(i)["x"].shape[1] for i in range(len(features))]
         assert readers.longest_frames(features) == max(lengths)
-    assert max(lengths) == readers.num_frames(20000, features.frame_stride, features.manifest["receptive_field"])
+    assert max(lengths) == readers.num_frames(20000, features.frame_stride, features.receptive_field)
     # a run's test batches come in one shape, however long each batch's own utterances are (sv_cache: 1-2 s clips)
     caches = object.__new__(cached.FeatureCaches)
     caches.caches = {("sv", "test"): sv_cache}

@@ -35,9 +35,9 @@ def num_frames(num_samples: int, frame_stride: int, receptive_field: int) -> int
 def longest_frames(cache: CachedFeatures) -> int:
     """Frames of a frames cache's longest record, from the clip lengths kept beside the records (none is read): the
     cache pass keeps the centre max_samples of a longer clip (0: no cap) and every valid frame of the rest."""
-    cap = int(cache.fingerprint["preprocessing"]["max_samples"])
+    cap = cache.max_samples
     longest = int(np.max(cache.num_samples)) if len(cache) else 0
-    return num_frames(min(longest, cap) if cap else longest, cache.frame_stride, int(cache.manifest["receptive_field"]))
+    return num_frames(min(longest, cap) if cap else longest, cache.frame_stride, cache.receptive_field)
 
 
 def crop_frames(cached_frames: int, offset_samples: int, crop_frames_: int, frame_stride: int) -> tuple[int, int]:
@@ -143,9 +143,8 @@ def sv_train_iterator(cache: CachedFeatures, *, batch_size: int, crop_samples: i
     """Batches of random frame-space crops matching pipeline.train_iterator(max_samples=crop_samples)'s crops."""
     _require(cache, "frames", "sv_train_iterator")
     held = cache.hold()
-    stride, field = cache.frame_stride, int(cache.manifest["receptive_field"])
-    cap = int(cache.fingerprint["preprocessing"]["max_samples"])
-    frames = num_frames(crop_samples, stride, field)
+    stride, cap = cache.frame_stride, cache.max_samples
+    frames = num_frames(crop_samples, stride, cache.receptive_field)
 
     def fn(rec: dict, rng: np.random.Generator) -> dict:
         n = rec["num_samples"]

@@ -163,6 +163,16 @@ class CachedFeatures:
         """Samples per encoder frame (for frame-space crops)."""
         return int(self.manifest["frame_stride"])
 
+    @property
+    def receptive_field(self) -> int:
+        """Samples one encoder frame covers (frames of a clip: readers.num_frames)."""
+        return int(self.manifest["receptive_field"])
+
+    @property
+    def max_samples(self) -> int:
+        """The cache pass's cap on a clip's samples (it kept the centre this long of a longer clip); 0: no cap."""
+        return int(self.fingerprint["preprocessing"]["max_samples"])
+
     def utterance_ids(self) -> list[str]:
         """The utterance id of every example, in index order (for trial lists)."""
         return list(self._ids)
