@@ -134,6 +134,7 @@ def bench(name: str, s: Setting, repeats: int) -> dict:
 
     from kdjax.finetune import cache
     from kdjax.finetune.model import KWSDownstream, SVDownstream
+    from kdjax.models import heads
 
     encoder = _encoder(name)
     layers, dim = encoder.config.num_hidden_layers + 1, encoder.config.hidden_size
@@ -169,7 +170,7 @@ def bench(name: str, s: Setting, repeats: int) -> dict:
             if task == "kws":
                 loss = lambda d: cache.kws_pooled_loss(d, feats, labels)[0]  # noqa: E731
             else:
-                loss = lambda d: d.loss(cache.layer_major(feats), fmask, labels)[0]  # noqa: E731
+                loss = lambda d: d.loss(heads.BatchMajor(feats), fmask, labels)[0]  # noqa: E731
             opt.update(down, nnx.grad(loss)(down))
 
         pooled, fmask = forward(encoder, x, mask, task == "kws")

@@ -19,6 +19,7 @@ import numpy as np
 
 from kdjax.errors import ConfigError
 from kdjax.finetune import cache as cache_lib
+from kdjax.models import heads
 
 
 def check(cfg: Any, one_stage_on: bool) -> None:
@@ -120,7 +121,7 @@ def kws_test(logits_fn, caches: FeatureCaches, batch_size: int) -> tuple[np.ndar
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def features(batch: dict) -> tuple[jax.Array, jax.Array]:
-    """(float32 hidden states [L, B, T, H], frame mask [B, T]) of a cached SV batch (training batches come in the
+def features(batch: dict) -> tuple[heads.BatchMajor, jax.Array]:
+    """(float32 hidden states, batch-major [B, L, T, H], frame mask [B, T]) of a cached SV batch (batches come in the
     storage dtype)."""
-    return cache_lib.layer_major(jax.numpy.asarray(batch["hidden_states"], jax.numpy.float32)), batch["frame_mask"]
+    return heads.BatchMajor(jax.numpy.asarray(batch["hidden_states"], jax.numpy.float32)), batch["frame_mask"]

@@ -22,6 +22,7 @@ from kdjax.errors import ConfigError, DatasetError
 from kdjax.finetune import cache, cached
 from kdjax.finetune.cache import build, readers, store
 from kdjax.finetune.model import KWSDownstream, SVDownstream
+from kdjax.models import heads
 from kdjax.models.config import EncoderConfig
 from kdjax.models.encoder import FeatureEncoder
 from tests import hf_utils
@@ -100,7 +101,7 @@ def _kws_pooled_loss(m, b):
     return cache.kws_pooled_loss(m, b["pooled"], b["label"])
 
 
-def _sv_loss(m, b):  # the cached batches are made layer-major with cache.layer_major before they get here
+def _sv_loss(m, b):  # cached batches: batch-major hidden states (heads.BatchMajor), uncached: layer-major
     return m.loss(b["hidden"], b["mask"], b["speaker"])
 
 
@@ -210,13 +211,13 @@ def test_sv_head_training_from_cached_frames_equals_uncached(encoder, sv_cache, 
         np.testing.assert_allclose(c["hidden_states"], np.where(mask[:, None, :, None], np.moveaxis(hidden, 0, 1), 0),
                                    rtol=1e-5, atol=1e-5)
         uncached.append({"hidden": hidden, "mask": mask, "speaker": u["speaker"]})
-        cached.append({"hidden": cache.layer_major(c["hidden_states"]), "mask": c["frame_mask"],
+        cached.append({"hidden": heads.BatchMajor(jnp.asarray(c["hidden_states"])), "mask": c["frame_mask"],
                        "speaker": c["speaker"]})
     graphdef, init = nnx.split(_quick_init(lambda: SVDownstream(features.num_layers, 32, 6, width=32, embed_dim=16,
                                                                  rngs=nnx.Rngs(2))))
     make = lambda: nnx.merge(graphdef, init)  # noqa: E731  (_train does not mutate its inputs)
     frames = _train(make(), uncached, _sv_loss, lr=1e-3)
-    from_cache = _train(make(), cached, _sv_loss, lr=1e-3)  # same shapes, same compiled step
+    from_cache = _train(make(), cached, _sv_loss, lr=1e-3)  # the featurizer weighs the cache's batch-major layout
     _assert_trees_close(from_cache, frames, 1e-5)
 
 
@@ -260,13 +261,13 @@ def test_half_precision_sv_frames_stay_in_the_storage_dtype_until_the_step(sv_ca
     h = next(cache.sv_train_iterator(half, batch_size=4, crop_samples=16000, seed=2))
     f = next(cache.sv_train_iterator(sv_cache, batch_size=4, crop_samples=16000, seed=2))
     assert h["hidden_states"].dtype == np.float16 and f["hidden_states"].dtype == np.float32
-    hidden, mask = cached.features(h)  # what the heads see: float32, layer-major
-    assert hidden.dtype == np.float32 and hidden.shape == np.moveaxis(f["hidden_states"], 1, 0).shape
-    np.testing.assert_allclose(hidden, np.moveaxis(f["hidden_states"], 1, 0), rtol=1e-3, atol=1e-3)
+    hidden, mask = cached.features(h)  # what the heads see: float32, batch-major
+    assert hidden.array.dtype == np.float32 and hidden.array.shape == f["hidden_states"].shape
+    np.testing.assert_allclose(hidden.array, f["hidden_states"], rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(mask, f["frame_mask"])
     h, f = (next(cache.eval_batches(c, batch_size=4)) for c in (half, sv_cache))  # test / validation batches too
     assert h["hidden_states"].dtype == np.float16
-    np.testing.assert_allclose(cached.features(h)[0], np.moveaxis(f["hidden_states"], 1, 0), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(cached.features(h)[0].array, f["hidden_states"], rtol=1e-3, atol=1e-3)
 
 
 def test_sv_frame_crops_correspond_to_the_uncached_sample_crops(sv_cache, tiny_data_dir):

@@ -40,6 +40,15 @@ def test_featurizer_matches_numpy(layer_norm):
     p = np.exp(w) / np.exp(w).sum()
     np.testing.assert_allclose(f(tuple(jnp.asarray(h) for h in hs)), np.tensordot(p, ref, 1), atol=1e-5)
     np.testing.assert_allclose(H.Featurizer(4, mode="last")(jnp.asarray(hs)), hs[-1])
+    # the feature cache's batch-major layout [B, L, T, D] gives the same sums, and trains the same weights
+    bm = H.BatchMajor(jnp.asarray(np.moveaxis(hs, 0, 1)))
+    np.testing.assert_allclose(f(bm), np.tensordot(p, ref, 1), atol=1e-5)
+    grad = lambda x: nnx.grad(lambda m: jnp.sum(m(x) ** 2))(f)["weights"][...]  # noqa: E731
+    np.testing.assert_allclose(grad(bm), grad(jnp.asarray(hs)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(H.Featurizer(4, mode="last")(bm), hs[-1])
+    np.testing.assert_allclose(H.Featurizer(4, mode="layer=1")(bm), hs[1])
+    with pytest.raises(ConfigError, match="got 2 hidden states"):
+        f(H.BatchMajor(bm.array[:, :2]))
     with pytest.raises(ConfigError, match="num_layers=4"):
         f(jnp.asarray(hs[:3]))
     with pytest.raises(ConfigError, match="mode='mean'"):

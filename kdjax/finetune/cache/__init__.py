@@ -15,7 +15,7 @@ _EXPORTS = {
     "build": ("build_cache", "load", "open_cache", "pool_layers"),
     "cli": ("main", "run_specs"),
     "pooled": ("kws_pooled_logits", "kws_pooled_loss"),
-    "readers": ("crop_frames", "eval_batches", "kws_train_iterator", "layer_major", "longest_frames", "num_frames",
+    "readers": ("crop_frames", "eval_batches", "kws_train_iterator", "longest_frames", "num_frames",
                 "process_eval_batches", "sv_train_iterator"),
     "spec": ("CacheSpec",),
     "store": ("CachedFeatures",),

@@ -12,7 +12,7 @@ The training iterators build the same grain graph as pipeline.train_iterator (so
 random_map(seed) -> this process's rows of each global batch), so with the same seed and batch size row i is the same
 example as in the uncached stream, and a random crop draws the very sample offset the uncached crop draws (grain's
 per-index RNG); the cached crop takes the frames that offset maps to. Batches are batch-major ([b, L, ...]) so they
-shard on 'data' like any batch; `layer_major` turns them into the Featurizer's [L, b, ...].
+shard on 'data' like any batch; the Featurizer weighs them in that layout (kdjax.models.heads.BatchMajor).
 """
 from __future__ import annotations
 
@@ -219,10 +219,3 @@ def process_eval_batches(cache: CachedFeatures, *, global_batch_size: int, frame
         if not rows:  # this process has run out of examples; it still takes part with an all-padding batch
             batch["valid"][:] = False
         yield batch
-
-
-def layer_major(hidden_states: Any) -> Any:
-    """[b, L, T, H] batch-major features -> [L, b, T, H], what heads.Featurizer takes."""
-    import jax.numpy as jnp
-
-    return jnp.moveaxis(hidden_states, 1, 0)
