@@ -87,3 +87,29 @@ def test_sv_tiny_has_validation_trials(tiny_data_dir):
     meta = pipeline.metadata("synthetic_speech/sv_tiny", tiny_data_dir)
     assert meta["trials"] == {"test": "test", "validation": "validation"} and meta["num_train_speakers"] == 6
     assert len(trials) == 12 and {t for t, _, _ in trials} == {0, 1}
+
+
+def test_channel_eq_and_noise_colour_at_lengths_with_large_prime_factors():
+    """The EQ and the noise colour are applied at a fast FFT length and cut back: on a 23,459-sample clip (a prime
+    length) a tone at an EQ centre gets that band's gain, and pink / brown noise fall ~3 / ~6 dB per octave."""
+    from kdjax.data import synth
+    from kdjax.data.audio import SAMPLE_RATE
+
+    n = 23_459
+    t = np.arange(n) / SAMPLE_RATE
+    gains = np.zeros(len(synth._EQ_CENTRES))
+    gains[3] = 9.0
+    tone = np.sin(2 * np.pi * synth._EQ_CENTRES[3] * t).astype(np.float32)
+    out = synth._apply_eq(tone, gains)
+    assert out.shape == (n,) and out.dtype == np.float32
+    core = slice(n // 4, 3 * n // 4)  # away from the edges, where the cut-back filter rings
+    np.testing.assert_allclose(np.std(out[core]) / np.std(tone[core]), 10 ** (9.0 / 20), rtol=0.02)
+    for colour, slope_db in ((1, -3.0), (2, -6.0)):
+        seed = next(s for s in range(100) if np.random.default_rng(s).integers(3) == colour)  # _noise's first draw
+        x = synth._noise(n, np.random.default_rng(seed))
+        assert x.shape == (n,) and abs(float(np.sqrt(np.mean(x ** 2))) - 1.0) < 1e-3
+        power = np.abs(np.fft.rfft(x)) ** 2
+        f = np.fft.rfftfreq(n, 1.0 / SAMPLE_RATE)
+        band = lambda lo: power[(f >= lo) & (f < 2 * lo)].mean()  # noqa: E731
+        octaves = [10 * np.log10(band(lo * 2) / band(lo)) for lo in (250, 500, 1000, 2000)]
+        assert abs(np.mean(octaves) - slope_db) < 1.0, (colour, octaves)

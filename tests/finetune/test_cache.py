@@ -321,7 +321,7 @@ def test_a_cache_of_another_encoder_or_dataset_version_is_refused(encoder_dir, k
     manifest = json.load(open(os.path.join(stale, "manifest.json")))
     manifest["fingerprint"]["dataset"]["version"] = "0.9.0"
     json.dump(manifest, open(os.path.join(stale, "manifest.json"), "w"))
-    with pytest.raises(DatasetError, match=r"dataset version \(cache '0.9.0', run '2.0.0'\)"):
+    with pytest.raises(DatasetError, match=r"dataset version \(cache '0.9.0', run '2.1.0'\)"):
         cache.load(stale, _kws_spec(encoder_dir, tiny_data_dir))
     assert len(cache.load(kws_cache, _kws_spec(encoder_dir, tiny_data_dir))) == len(store.CachedFeatures(stale))
 

@@ -23,7 +23,7 @@ from kdjax.data.builders import base
 
 KWS_LABELS = list(synth.KEYWORDS) + ["_unknown_", "_silence_"]
 SECOND = SAMPLE_RATE  # samples
-VERSION = tfds.core.Version("2.0.0")
+VERSION = tfds.core.Version("2.1.0")
 
 
 @dataclasses.dataclass(eq=False)
@@ -82,7 +82,10 @@ class SyntheticSpeech(base.Builder):
     """Synthetic espeak-ng speech from several hundred synthetic speakers (kdjax's embedded default corpus)."""
 
     VERSION = VERSION
-    RELEASE_NOTES = {"2.0.0": "kws: class-balanced validation (1,200) and test (2,400) clips; sv: 30 validation and 100 "
+    RELEASE_NOTES = {"2.1.0": "synthesis about 25% faster: channel EQ and coloured noise at 2-3-5-smooth FFT lengths "
+                              "(the EQ zero-padded instead of circular); same speakers, texts and distributions, "
+                              "other samples",
+                     "2.0.0": "kws: class-balanced validation (1,200) and test (2,400) clips; sv: 30 validation and 100 "
                               "test speakers with 4,000 / 20,000 trials; unlabeled: 4 utterances per speaker; "
                               "unlabeled_large added",
                      "1.0.0": "first release"}
