@@ -35,6 +35,9 @@ def finetune_config(mode: str) -> ml_collections.ConfigDict:
         sv_eval="padded", sv_eval_batch_size=1, sv_eval_round_to=1,  # "equal_length": no padded row (SUPERB)
         sv_trials="", sv_dev_trials="",  # trial lists by name ("" = the dataset's first)
         sv_select="final",  # "final" | "validation" (best dev-trial EER) | "best_test" (SUPERB: best test EER)
+        # a multi-task run's checkpoint: "kws" (best KWS validation accuracy) | "mean_error" (best mean of the KWS
+        # validation error and the validation trials' EER; needs sv_select="validation")
+        multitask_select="kws",
         cache="", cache_dtype="float32", cache_layers="all",  # frozen runs from cached features (finetune/cached.py)
         sv_train_max_seconds=0.0,  # cache: keep only the centre this long of SV training utterances (0: whole)
         labels=ml_collections.FieldReference(None, field_type=list),  # the KWS labels the run expects (checked)

@@ -22,7 +22,9 @@ KWS picks the best checkpoint by validation accuracy; the test split is evaluate
 synthetic SV corpus has no validation trials, so an SV-only run keeps its final state. TrainState.extra holds
 {"stats": BatchNorm statistics}; a one-stage run's teacher is passed to the step by the loop, never stored.
 Frozen encoders and the frozen conv stack are optimizer groups (kdjax.train.optim): their gradients are zero, so XLA
-drops their backward pass.
+drops their backward pass. The groups are FINETUNE_GROUPS: the encoder's two, and each head with its featurizer
+("kws_head", "sv_head"), so a multi-task run can train each head at its own task's learning rate
+(config.optim.groups.kws_head.lr).
 """
 from __future__ import annotations
 
@@ -84,9 +86,27 @@ def _check(cfg: Any) -> None:
     if one_stage.enabled(cfg) and cfg.frozen:
         raise ConfigError("config.finetune.one_stage distils into the encoder, so it needs frozen=False")
     for field, allowed in (("kws_sampling", ("uniform", "balanced")), ("kws_dev", ("plain", "balanced_resample")),
-                           ("sv_eval", ("padded", "equal_length")), ("sv_select", SV_SELECT)):
-        if cfg[field] not in allowed:
+                           ("sv_eval", ("padded", "equal_length")), ("sv_select", SV_SELECT),
+                           ("multitask_select", ("kws", "mean_error"))):
+        if cfg.get(field, allowed[0]) not in allowed:
             raise ConfigError(f"config.finetune.{field}={cfg[field]!r}: expected one of {list(allowed)}")
+    if cfg.get("multitask_select") == "mean_error" and (cfg.mode != "multitask" or cfg.sv_select != "validation"):
+        raise ConfigError(f"config.finetune.multitask_select='mean_error' needs mode='multitask' and "
+                          f"sv_select='validation' (got mode={cfg.mode!r}, sv_select={cfg.sv_select!r})")
+
+
+FINETUNE_GROUPS = ["feature_encoder", "encoder", "kws_head", "sv_head", "heads"]
+
+
+def finetune_labels(params: Any) -> Any:
+    """The optimizer group of every parameter: optim.encoder_label's, with the KWS and SV downstream models (head and
+    featurizer) as "kws_head" and "sv_head"; "heads" is what is left (a one-stage run's distillation heads)."""
+    def label(path, _):
+        group = optim.encoder_label(path)
+        first = str(getattr(path[0], "key", getattr(path[0], "name", path[0]))) if path else ""
+        return f"{first}_head" if group == "heads" and first in ("kws", "sv") else group
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def _check_labels(cfg: Any, names: list[str]) -> None:
@@ -132,7 +152,10 @@ class FineTune(Task):
                                             self.encoder_overrides,
                                             self._sv_eval[1] if self._sv_eval is not None else None)
                        if cfg.cache else None)
-        if "kws" in self.streams:
+        self.mean_error = cfg.get("multitask_select", "kws") == "mean_error"
+        if self.mean_error:
+            self.best_metric, self.best_mode = "multitask/validation/mean_error", "min"
+        elif "kws" in self.streams:
             self.best_metric, self.best_mode = "kws/validation/accuracy", "max"
         elif self._sv_eval is not None:
             self.best_metric = "sv/" + ("test" if self.sv_select == "best_test" else "validation") + "/eer"
@@ -143,7 +166,7 @@ class FineTune(Task):
         abstract.eval()
         self.eval_graphdef = nnx.graphdef(abstract)
         self.optimizer = optim.make_optimizer(self._optim_config(config.optim), config.total_steps,
-                                              param_labels=optim.encoder_labels, labels=optim.ENCODER_GROUPS)
+                                              param_labels=finetune_labels, labels=FINETUNE_GROUPS)
         self.pretrained = self._load_encoder() if cfg.init == "pretrained" and self.caches is None else None
         if self.one_stage is not None:
             logging.info("one-stage: distilling %s into the encoder (weight %g, target layers %s)",
@@ -272,7 +295,8 @@ class FineTune(Task):
         return {"correct": jnp.sum(hits), "count": jnp.sum(batch["valid"])}
 
     def eval_metrics(self, sums: dict) -> dict[str, Any]:
-        """KWS validation accuracy; SV EER and minDCF on the trial list sv_select names."""
+        """KWS validation accuracy; SV EER and minDCF on the trial list sv_select names; with multitask_select
+        "mean_error", the mean of the KWS validation error and that EER (the checkpoint selection's metric)."""
         out: dict[str, Any] = {}
         if "kws" in sums:
             s = sums["kws"]
@@ -283,6 +307,9 @@ class FineTune(Task):
                                                   s["rows/valid"].astype(bool))
             purpose = "test" if self.sv_select == "best_test" else "validation"
             out["sv"] = {purpose: eval_metrics.sv_metrics(scores, labels)}
+        if self.mean_error and "kws" in out and "sv" in out:
+            errors = 1.0 - out["kws"]["validation"]["accuracy"], out["sv"]["validation"]["eer"]
+            out["multitask"] = {"validation": {"mean_error": sum(errors) / 2}}
         return out
 
     def train_data(self) -> dict[str, Iterator[dict]]:

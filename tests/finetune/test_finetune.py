@@ -62,6 +62,21 @@ def test_multitask_step_changes_both_heads_and_the_shared_encoder(tiny_encoder, 
     assert not any(_changed(before["encoder"]["feature_encoder"], after["encoder"]["feature_encoder"]))
 
 
+def test_each_head_is_its_own_optimizer_group(tiny_encoder, tiny_data_dir):
+    """kws_head / sv_head label each downstream model (head and featurizer); a group's settings reach only its head."""
+    from kdjax.finetune.task import finetune_labels
+
+    config = _config("multitask", "frozen=True", tiny_encoder, tiny_data_dir)
+    config.optim.groups = {"kws_head": {"frozen": True}}
+    task = FineTune(config)
+    labels = finetune_labels(jax.eval_shape(task.init, jax.random.PRNGKey(0)).params)
+    assert set(jax.tree.leaves(labels["kws"])) == {"kws_head"} and set(jax.tree.leaves(labels["sv"])) == {"sv_head"}
+    assert set(jax.tree.leaves(labels["encoder"])) == {"encoder", "feature_encoder"}
+    before, after = _steps(task, config, 2)
+    assert not any(_changed(before["kws"], after["kws"]))
+    assert all(_changed(before["sv"]["head"], after["sv"]["head"]))
+
+
 @pytest.mark.parametrize("saved_prob", [0.0, 0.65])  # a distilled student's config; a pre-training config
 def test_finetuned_encoders_mask_time_as_configured_whatever_the_checkpoint_says(tmp_path, tiny_data_dir, saved_prob):
     encoder = str(hf_utils.save_tiny(tmp_path / "enc", "hubert_base_like", mask_time_prob=saved_prob, **BASE_CONV))
@@ -97,9 +112,15 @@ def test_pretrained_weights_are_loaded_into_the_encoder(tiny_encoder, tiny_data_
 
 def test_multitask_run_writes_test_metrics_the_report_reads(tiny_encoder, tiny_data_dir, tmp_path):
     config = _config("multitask", "frozen=False", tiny_encoder, tiny_data_dir, model_name="tiny", role="teacher")
+    # the checkpoint with the best mean of KWS validation error and validation-trial EER is tested and exported
+    config.finetune.update(sv_select="validation", sv_dev_trials="validation", multitask_select="mean_error")
     results = train_and_evaluate(config, str(tmp_path / "mt"))
     saved = json.loads((tmp_path / "mt" / "results.json").read_text())["export"]
     assert results["task"] == "finetune" and results["final_step"] == config.total_steps  # the loop's own keys
+    assert results["best"]["metric"] == "multitask/validation/mean_error" and results["best"]["mode"] == "min"
+    ev = results["eval"]
+    assert ev["multitask/validation/mean_error"] == pytest.approx(
+        (1.0 - ev["kws/validation/accuracy"] + ev["sv/validation/eer"]) / 2)
     for key in ("kws/test/accuracy", "sv/test/eer", "sv/test/mindcf_0.01", "sv/test/mindcf_0.05"):
         assert 0.0 <= saved["metrics"][key] <= 1.0 and saved["metrics"][key] == results["export"]["metrics"][key]
     assert np.asarray(saved["confusion_matrix"]).shape == (12, 12)
@@ -133,6 +154,16 @@ def test_resume_mid_finetuning_gives_the_same_final_metrics(tiny_encoder, tiny_d
     assert resumed["resumed_from"] == 3
     assert resumed["export"]["metrics"] == straight["export"]["metrics"]
     assert resumed["export"]["confusion_matrix"] == straight["export"]["confusion_matrix"]
+
+
+def test_mean_error_selection_needs_a_multitask_run_with_validation_trials(tiny_encoder, tiny_data_dir):
+    config = _config("kws", "", tiny_encoder, tiny_data_dir)
+    config.finetune.multitask_select = "mean_error"
+    with pytest.raises(ConfigError, match="multitask_select='mean_error' needs mode='multitask'"):
+        FineTune(config)
+    config.finetune.multitask_select = "sum"
+    with pytest.raises(ConfigError, match="multitask_select='sum'"):
+        FineTune(config)
 
 
 def test_kws_batch_size_sizes_the_kws_stream_only(tiny_encoder, tiny_data_dir):
