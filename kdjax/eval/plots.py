@@ -31,7 +31,11 @@ def _curve_panels(history: list[dict[str, Any]]) -> dict[str, dict[str, list[tup
             stream = [p for p in parts[:-1] if p not in ("validation", "test", "train", "eval")]
             title = " ".join(stream + [parts[-1]])
             panels.setdefault(title, {}).setdefault(split, []).append((h["step"], value))
-    return dict(sorted(panels.items()))
+    unique: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for title, splits in sorted(panels.items()):
+        if splits not in unique.values():  # a single-task run logs its loss twice: "loss" and "sv loss"
+            unique[title] = splits
+    return unique
 
 
 def training_curves(history: list[dict[str, Any]], title: str, path: str, max_panels: int = 6) -> str:

@@ -135,3 +135,7 @@ def test_training_curves_show_losses_and_metrics_not_learning_rate():
     assert sorted(panels) == ["kws accuracy", "loss", "sv eer"]
     assert sorted(panels["kws accuracy"]) == ["train", "validation"]  # one panel, both curves
     assert [p[0] for p in panels["loss"]["train"]] == [0, 1, 2]
+    for h in history:  # a single-task run's stream loss is its total loss: one panel, not two
+        h["sv/loss"], h["sv/eer"] = h["loss"], 0.1
+    panels = _curve_panels(history)
+    assert "sv loss" not in panels and "sv eer" in panels and "loss" in panels
