@@ -62,6 +62,9 @@ def test_tiny_demo_runs_every_stage_from_the_wheel(installed, tmp_path):
             assert results_of(workdir, run)["config"]["finetune"]["cache"] == str(workdir / "cache")
         if run.mode != "kws":
             assert "sv/validation/eer" in results_of(workdir, run)["eval"]
+        if run.mode == "multitask":  # the joint model's checkpoint: best mean of KWS error and EER; KWS head at its lr
+            assert results_of(workdir, run)["best"]["metric"] == "multitask/validation/mean_error"
+            assert results_of(workdir, run)["config"]["optim"]["groups"]["kws_head"]["lr"] == demo.PLANS["tiny"].kws_lr
     report = (workdir / "report.md").read_text()
     assert all(run.name in report for run in demo.DEFAULT_GRID)
     assert all(f"mfcc_{mode}" in report for mode in demo.REFERENCES) and "95% bootstrap intervals" in report
