@@ -84,6 +84,7 @@ def get_config(arg=None):
         sv_select="best_test",  # [sv/test] test every 20k updates, report the best test EER; "validation": best
         #                         EER on trial list "dev" ([sv/config] dev_meta_data.txt, what s3prl's dev mode scores)
         sv_dev_trials="dev",
+        multitask_select="kws",  # unused in mode "sv"
         sv_head="xvector_superb",  # [sv/config] module XVector (batch_norm False, dropout 0), agg SP, utter
         #                            UtteranceExtractor: Linear 3000->512 ReLU Linear 512->512 ReLU; test ReLU(Linear1)
         sv_width=512,  # [sv/config] modelrc.input_dim (connector and TDNN width)

@@ -77,6 +77,7 @@ def get_config(arg=None):
         sv_min_seconds=0.0, sv_agg_dim=1500, sv_margin_scale=30.0,
         sv_margin=ml_collections.FieldReference(None, field_type=float), sv_eval="padded",
         sv_eval_batch_size=1, sv_eval_round_to=1, sv_trials="", sv_dev_trials="", sv_select="final",
+        multitask_select="kws",  # unused in mode "kws"
         cache="", cache_dtype="float32", cache_layers="all", sv_train_max_seconds=0.0,  # kdjax's feature cache, off
         kws_weight=1.0, sv_weight=1.0,  # sv_*: unused in mode "kws"
         eval_batch_size=32,  # [sc/config] datarc.batch_size (dev and test loaders)
