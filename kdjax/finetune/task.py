@@ -103,7 +103,7 @@ def finetune_labels(params: Any) -> Any:
     featurizer) as "kws_head" and "sv_head"; "heads" is what is left (a one-stage run's distillation heads)."""
     def label(path, _):
         group = optim.encoder_label(path)
-        first = str(getattr(path[0], "key", getattr(path[0], "name", path[0]))) if path else ""
+        first = optim.path_names(path[:1])[0] if path else ""
         return f"{first}_head" if group == "heads" and first in ("kws", "sv") else group
 
     return jax.tree_util.tree_map_with_path(label, params)

@@ -184,10 +184,15 @@ def make_optimizer(cfg: Any, total_steps: int, param_labels: Callable[[Any], Any
 ENCODER_GROUPS = ["feature_encoder", "encoder", "heads"]
 
 
+def path_names(path: tuple) -> list[str]:
+    """The keys of a pytree path (DictKey, GetAttrKey or plain entries) as strings."""
+    return [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+
+
 def encoder_label(path: tuple) -> str:
     """The group of a parameter of an encoder task: the conv stack of params["student"|"encoder"] is
     "feature_encoder", the rest of that encoder "encoder", everything else (heads, layer weights) "heads"."""
-    names = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+    names = path_names(path)
     if names and names[0] in ("student", "encoder"):
         return "feature_encoder" if len(names) > 1 and names[1] == "feature_encoder" else "encoder"
     return "heads"
